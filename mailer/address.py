@@ -1,0 +1,100 @@
+"""Email address checks: syntax only (no DNS), normalised, fast for long lists.
+
+email-validator is the authority, but it costs ~50 µs an address. A list of 100,000
+people mostly holds plain ``local@domain`` addresses on a handful of domains, so the
+local part of such an address is checked with a strict dot-atom pattern and each
+distinct domain is asked of email-validator once. Everything else (quoted local
+parts, non-ASCII, odd lengths) goes to email-validator directly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+from email_validator import EmailNotValidError, validate_email
+
+# RFC 5322 dot-atom: the local parts email-validator accepts without quoting.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LOCAL_DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+_DOMAIN_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A checked address: ``normalized`` for identity, ``ascii`` for the wire."""
+
+    normalized: str
+    ascii: str
+
+    @property
+    def key(self) -> str:
+        """The identity of an address for duplicates and suppression (case-insensitive)."""
+        return self.normalized.casefold()
+
+
+class AddressError(ValueError):
+    """An address is not valid; the message says why."""
+
+
+_domains: dict[str, tuple[str, str] | str] = {}
+
+
+def _check_domain(domain: str) -> tuple[str, str]:
+    """Return (normalised, ascii) for a domain, or raise AddressError. Cached."""
+    cached = _domains.get(domain)
+    if cached is None:
+        try:
+            info = validate_email(f"a@{domain}", check_deliverability=False)
+            cached = (info.domain, info.ascii_domain)
+        except EmailNotValidError as exc:
+            cached = str(exc)
+        if len(_domains) < _DOMAIN_CACHE_MAX:
+            _domains[domain] = cached
+    if isinstance(cached, str):
+        raise AddressError(cached)
+    return cached
+
+
+def check_address(text: str) -> Address:
+    """Check one address (syntax only) and return it normalised.
+
+    Non-ASCII before the @ is refused: it would need SMTPUTF8, which many relays lack,
+    and headers stay 7-bit. Internationalised domains are kept and sent as IDNA.
+    """
+    text = text.strip()
+    if not text:
+        raise AddressError("the address is empty")
+    local, at, domain = text.rpartition("@")
+    if at and len(local) <= 64 and len(text) <= 254 and _LOCAL_DOT_ATOM.match(local):
+        norm_domain, ascii_domain = _check_domain(domain)
+        return Address(f"{local}@{norm_domain}", f"{local}@{ascii_domain}")
+    try:
+        info = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise AddressError(str(exc)) from None
+    return Address(info.normalized, info.ascii_email or info.normalized)
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A display name and an address, as in ``Digdir <invitasjon@example.org>``."""
+
+    name: str
+    address: Address
+
+    @property
+    def domain(self) -> str:
+        return self.address.ascii.rpartition("@")[2]
+
+
+def parse_mailbox(text: str) -> Mailbox:
+    """Parse ``Name <address>`` or a bare address; raise AddressError when it is not one."""
+    if any(c in text for c in "\r\n"):
+        raise AddressError("it holds a line break")
+    found = getaddresses([text])
+    if len(found) != 1 or not found[0][1]:
+        raise AddressError("expected one 'Name <address>' or one address")
+    name, addr = found[0]
+    return Mailbox(name.strip(), check_address(addr))

@@ -1,0 +1,208 @@
+"""A campaign: a recipient list, a template and the settings that turn them into messages.
+
+``check()`` streams the whole list and renders every message once, keeping nothing but
+the problems; ``recipients()`` and ``build()`` stream it again to make the messages. A
+list of 100,000 people is never held in memory, rendered or not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .address import Mailbox
+from .calendar import ICS_CONTENT_TYPE, ICS_FILENAME, Event, load_event
+from .errors import ConfigError, TemplateError
+from .message import Attachment, MessageFactory, message_id
+from .recipients import Problem, Recipient, RecipientList, load_suppressions
+from .render import Rendered, TemplateSet, describe_error
+from .settings import Settings
+
+_URL = re.compile(r"(https?://|mailto:)[^\s<>\"]+\Z")
+
+
+@dataclass(slots=True)
+class Job:
+    """One message ready for SMTP (or the outbox)."""
+
+    line: int
+    key: str  # the case-folded address: identity in the journal
+    email: str  # normalised address
+    name: str
+    envelope_from: str
+    envelope_to: str
+    message_id: str
+    data: bytes
+    subject: str = ""
+    lang: str = ""
+    rendered: Rendered | None = None
+    attempt: int = 0  # temporary failures so far in this run
+
+
+@dataclass
+class Report:
+    """What a check of the whole list found."""
+
+    path: str
+    rows: int = 0
+    recipients: int = 0
+    suppressed: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    languages: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        def n(count: int, word: str) -> str:
+            return f"{count} {word}{'' if count == 1 else 's'}"
+
+        parts = [n(self.rows, "row") + " read", n(self.recipients, "recipient"),
+                 n(len(self.errors), "error"),
+                 n(len(self.warnings), "warning")]
+        if self.suppressed:
+            parts.append(f"{self.suppressed} suppressed (would be skipped)")
+        return f"{self.path}: {', '.join(parts)}"
+
+
+def default_campaign_id(template: str, recipients: Path) -> str:
+    """Template name + recipients file name, e.g. ``invitasjon:eksempel.csv``."""
+    return f"{template}:{recipients.name}"
+
+
+class Campaign:
+    """Everything needed to check, render and build the messages of one run."""
+
+    def __init__(self, settings: Settings, recipients: Path, template: str | None, *,
+                 variables: Mapping[str, str] = {}, suppress: Sequence[Path] = (),
+                 campaign_id: str | None = None, need_sender: bool = True) -> None:
+        self.settings = settings
+        self.listing = RecipientList(recipients)
+        self.template = template
+        self.id = campaign_id or default_campaign_id(template or "-", recipients)
+        self.suppressed = load_suppressions(suppress)
+        self.sender: Mailbox | None = settings.sender_mailbox if need_sender else None
+        self.event: Event | None = None
+        self.templates: TemplateSet | None = None
+        self._unsubscribe: jinja2.Template | None = None
+        if template is None:
+            return
+        templates_dir = settings.templates_dir
+        folder = templates_dir / template
+        if folder.is_dir():
+            self.event = load_event(folder)
+        extra: dict[str, Any] = {"event": self.event, "unsubscribe_url": None}
+        self.templates = TemplateSet(templates_dir, template, variables=variables,
+                                     default_language=settings.language, extra=extra)
+        if settings.unsubscribe_url:
+            try:
+                self._unsubscribe = self.templates.env.from_string(settings.unsubscribe_url)
+            except jinja2.TemplateSyntaxError as exc:
+                raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
+                                  f"{describe_error(exc)}") from None
+        self.factory = self._factory() if self.sender is not None else None
+
+    def _factory(self) -> MessageFactory:
+        assert self.sender is not None
+        attachments: list[Attachment] = []
+        if self.event is not None and self.template is not None:
+            organizer = self.event.organizer_mailbox
+            domain = organizer.domain if organizer else self.sender.domain
+            uid = self.event.stable_uid(self.template, domain)
+            attachments.append(Attachment(ICS_FILENAME, ICS_CONTENT_TYPE,
+                                          self.event.to_ics(uid)))
+        return MessageFactory(self.sender, self.settings.reply_to_mailbox, attachments)
+
+    # Streaming the list ---------------------------------------------------------------
+
+    def recipients(self) -> Iterator[tuple[Recipient, bool]]:
+        """Every valid unique recipient with whether it is suppressed (call after check)."""
+        for item in self.listing.scan():
+            if isinstance(item, Recipient):
+                yield item, item.address.key in self.suppressed
+
+    def unsubscribe_url(self, recipient: Recipient, lang: str = "") -> str | None:
+        if self._unsubscribe is None or self.templates is None:
+            return None
+        ctx = self.templates.context(recipient, lang)
+        try:
+            url = self._unsubscribe.render(ctx).strip()
+        except Exception as exc:
+            raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
+                              f"{describe_error(exc)} (recipient on line "
+                              f"{recipient.line})") from None
+        if not _URL.match(url):
+            raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: it made {url!r} for "
+                              f"the recipient on line {recipient.line}, not an https://, "
+                              f"http:// or mailto: URL")
+        return url
+
+    def render(self, recipient: Recipient) -> tuple[Rendered, str | None]:
+        assert self.templates is not None
+        url = self.unsubscribe_url(recipient)
+        extra = {"unsubscribe_url": url} if url is not None else {}
+        return self.templates.render(recipient, extra), url
+
+    def check(self, *, render: bool = True) -> Report:
+        """Validate the whole list and (with a template) render every message once."""
+        report = Report(self.listing.display)
+        template_errors: dict[str, list[int]] = {}
+        missing: list[str] = []
+        first = True
+        for item in self.listing.scan():
+            if first and self.templates is not None:
+                missing = self.templates.missing_variables(self.listing.headers)
+                report.errors.extend(missing)
+                first = False
+            report.rows += 1
+            if isinstance(item, Problem):
+                (report.warnings if item.warning else report.errors).append(str(item))
+                continue
+            report.recipients += 1
+            if item.address.key in self.suppressed:
+                report.suppressed += 1
+                continue
+            if self.templates is None or not render or missing:
+                continue
+            try:
+                rendered, _ = self.render(item)
+            except (TemplateError, ConfigError) as exc:
+                text = str(exc)
+                marker = f" (recipient on line {item.line})"
+                template_errors.setdefault(text.replace(marker, ""), []).append(item.line)
+                continue
+            report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
+        if first and self.templates is not None:
+            report.errors.extend(self.templates.missing_variables(self.listing.headers))
+        for text, lines in template_errors.items():
+            more = f"; and {len(lines) - 1} more" if len(lines) > 1 else ""
+            report.errors.append(f"{text} (recipient on line {lines[0]}{more})")
+        return report
+
+    def build(self, recipient: Recipient, *, keep_rendered: bool = False,
+              to: Mailbox | None = None) -> Job:
+        """Render and build the message for one recipient (``to`` replaces the recipient
+        in the envelope and To header, for a test send)."""
+        assert self.factory is not None
+        rendered, url = self.render(recipient)
+        mailbox = to or Mailbox(recipient.name, recipient.address)
+        msgid = message_id(self.id, recipient.address.key if to is None
+                           else f"test:{mailbox.address.key}", self.factory.domain)
+        envelope = self.factory.envelope(mailbox)
+        data = self.factory.build(rendered, mailbox, msgid, unsubscribe_url=url)
+        return Job(line=recipient.line, key=recipient.address.key, email=recipient.email,
+                   name=recipient.name, envelope_from=envelope.sender,
+                   envelope_to=envelope.recipient, message_id=msgid, data=data,
+                   subject=rendered.subject, lang=rendered.lang,
+                   rendered=rendered if keep_rendered else None)
+
+    @property
+    def attachments(self) -> list[str]:
+        return [a.filename for a in self.factory.attachments] if self.factory else []

@@ -1,0 +1,245 @@
+"""The command line: parse options, call the library, map errors to one line + exit code."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+
+from .errors import EXIT_TEMPFAIL, MailerError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """End the command with one line on stderr and a documented exit code."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except MailerError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_TEMPFAIL)
+    return wrapper
+
+
+def _vars(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE with KEY a name such as "
+                                     f"arrangement_dato")
+        result[key] = value
+    return result
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .ratelimit import parse_rate
+
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def template_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--var", "variables", multiple=True, callback=_vars,
+                        metavar="KEY=VALUE", help="A value for templates (repeatable).")(func)
+    func = click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="Folder of templates [MAILER_TEMPLATES_DIR, default templates].")(func)
+    func = click.option("--suppress", multiple=True,
+                        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                        help="Addresses never to send to: a text file (one a line) or a "
+                             "CSV with an email column (repeatable).")(func)
+    return func
+
+
+RECIPIENTS = click.argument("recipients", type=click.Path(path_type=Path, exists=True,
+                                                           dir_okay=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mailer")
+def cli() -> None:
+    """Send personalised invitations and newsletters from a CSV list, exactly once.
+
+    Settings come from MAILER_* environment variables and a .env file in the current
+    folder; options override them. Exit codes: 0 success, 1 some recipients rejected,
+    2 usage error, 65 invalid input (nothing sent), 75 temporary failure (run again
+    later), 78 configuration error.
+    """
+
+
+@cli.command()
+@RECIPIENTS
+@click.option("--template", help="Also check this template against the list: variables, "
+                                 "languages, and a render of every message.")
+@template_options
+@handle_errors
+def validate(recipients: Path, template: str | None, templates_dir: Path | None,
+             variables: dict[str, str], suppress: tuple[Path, ...]) -> None:
+    """Check a recipient list (and a template against it) without sending anything."""
+    from .campaign import Campaign
+    from .settings import load_settings
+
+    settings = load_settings(templates_dir=templates_dir)
+    campaign = Campaign(settings, recipients, template, variables=variables,
+                        suppress=suppress, need_sender=False)
+    report = campaign.check()
+    for line in (*report.errors, *report.warnings):
+        click.echo(line)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(65)
+
+
+@cli.command()
+@RECIPIENTS
+@click.option("--template", required=True, help="Template folder name under the templates dir.")
+@template_options
+@click.option("--dry-run", is_flag=True, help="Write .eml files and a preview page; send nothing.")
+@click.option("--outbox", type=click.Path(path_type=Path, file_okay=False), default="outbox",
+              show_default=True, help="Where --dry-run writes.")
+@click.option("--campaign", "campaign_id", help="Campaign ID in the journal "
+                                                "[default: TEMPLATE:RECIPIENTS-FILE-NAME].")
+@click.option("--journal", type=click.Path(path_type=Path, dir_okay=False),
+              help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
+@click.option("--concurrency", type=click.IntRange(1, 100),
+              help="SMTP connections at once [MAILER_CONCURRENCY, default 4].")
+@click.option("--rate-limit", callback=_rate, metavar="RATE",
+              help="N/s, N/min, N/h or N per second [MAILER_RATE_LIMIT, default unlimited].")
+@click.option("--retries", type=click.IntRange(0, 20),
+              help="Retries of a temporary failure within the run [default 3].")
+@click.option("--retry-delay", type=click.FloatRange(0), metavar="SECONDS",
+              help="First retry delay, doubled each time, plus jitter [default 2].")
+@click.option("--max-messages", type=click.IntRange(1), metavar="N",
+              help="Send at most N messages in this run, then stop (exit 0).")
+@click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
+@click.option("--test-to", multiple=True, metavar="ADDRESS",
+              help="Send one recipient's message only to ADDRESS (repeatable); "
+                   "the journal is untouched.")
+@click.option("--test-recipient", metavar="EMAIL",
+              help="With --test-to: whose message to send [default: the first].")
+@click.option("-q", "--quiet", is_flag=True, help="Nothing on success; failures still shown.")
+@handle_errors
+def send(recipients: Path, template: str, templates_dir: Path | None,
+         variables: dict[str, str], suppress: tuple[Path, ...], dry_run: bool, outbox: Path,
+         campaign_id: str | None, journal: Path | None, concurrency: int | None,
+         rate_limit: str | None, retries: int | None, retry_delay: float | None,
+         max_messages: int | None, retry_failed: bool, test_to: tuple[str, ...],
+         test_recipient: str | None, quiet: bool) -> None:
+    """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
+
+    The whole list is checked and every message rendered before anything is written
+    or sent. Re-running the same campaign sends only to those not yet sent.
+    """
+    from . import delivery
+    from .campaign import Campaign
+    from .report import Reporter
+    from .settings import load_settings
+
+    if test_recipient and not test_to:
+        raise click.UsageError("--test-recipient goes with --test-to")
+    settings = load_settings(templates_dir=templates_dir, journal=journal,
+                             concurrency=concurrency, rate_limit=rate_limit,
+                             retries=retries, retry_delay=retry_delay)
+    campaign = Campaign(settings, recipients, template, variables=variables,
+                        suppress=suppress, campaign_id=campaign_id)
+    reporter = Reporter(quiet=quiet)
+    if dry_run:
+        box = delivery.dry_run(campaign, outbox, reporter)
+        if not quiet:
+            click.echo(f"dry run: {box.count} messages written to {outbox}/ (nothing sent); "
+                       f"preview: {box.index.resolve().as_uri()}")
+        return
+    options = delivery.SendOptions(
+        concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
+        retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed)
+    if test_to:
+        result = delivery.test_send(campaign, list(test_to), test_recipient, options, reporter)
+    else:
+        result = delivery.send(campaign, settings.journal, options, reporter)
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.option("--journal", type=click.Path(path_type=Path, dir_okay=False),
+              help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
+@click.option("--campaign", "campaign_id", help="One campaign [default: all].")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="table: counts per state; csv/json: every recipient.")
+@handle_errors
+def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
+    """Who got the message, who is waiting, who bounced."""
+    from .journal import STATES, Journal
+    from .settings import load_settings
+
+    path = load_settings(journal=journal).journal
+    with Journal(path, create=False) as db:
+        counts = db.counts(campaign_id)
+        if campaign_id is not None and not any(counts[campaign_id].values()):
+            fail(f"{path}: no campaign {campaign_id!r} (known: "
+                           f"{', '.join(db.campaigns()) or 'none'})", 65)
+        if fmt == "table":
+            width = max([len("campaign"), *(len(c) for c in counts)])
+            click.echo(f"{'campaign':<{width}}  " + "  ".join(f"{s:>10}" for s in STATES)
+                       + f"  {'total':>8}")
+            for cid, per_state in counts.items():
+                click.echo(f"{cid:<{width}}  "
+                           + "  ".join(f"{per_state[s]:>10}" for s in STATES)
+                           + f"  {sum(per_state.values()):>8}")
+            return
+        fields = ["campaign", "email", "name", "line", "state", "attempts", "code", "reply",
+                  "message_id", "updated"]
+        if fmt == "csv":
+            stdout = sys.stdout
+            writer = csv.writer(stdout, lineterminator="\n")
+            writer.writerow(fields)
+            for entry in db.entries(campaign_id):
+                writer.writerow([getattr(entry, f) for f in fields])
+            return
+        out = {"campaigns": [{"id": cid, "counts": per_state}
+                             for cid, per_state in counts.items()],
+               "recipients": [{f: getattr(e, f) for f in fields}
+                              for e in db.entries(campaign_id)]}
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+@cli.command()
+@click.option("--campaign", "campaign_id", required=True, help="The campaign to delete.")
+@click.option("--journal", type=click.Path(path_type=Path, dir_okay=False),
+              help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
+@handle_errors
+def purge(campaign_id: str, journal: Path | None) -> None:
+    """Delete a finished campaign's rows (names, addresses) and compact the journal."""
+    from .journal import Journal
+    from .settings import load_settings
+
+    path = load_settings(journal=journal).journal
+    with Journal(path, create=False) as db:
+        deleted = db.purge(campaign_id)
+    click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from {path}")
+
+
+def main() -> None:
+    os.umask(os.umask(0o077) | 0o077)  # files we create hold personal data
+    cli(prog_name="mailer")

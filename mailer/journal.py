@@ -1,0 +1,299 @@
+"""The campaign journal: one SQLite row per (campaign, address) and its delivery state.
+
+States: queued → sending → sent | deferred | failed, and queued → suppressed.
+``sending`` is committed before DATA; ``sent`` after the server's 250. Results are
+committed together with the worker's next ``sending`` mark (group commit): a worker
+never starts another DATA before its previous result is durable, so after a SIGKILL at
+most one message per connection can have arrived without being recorded as sent.
+WAL mode with synchronous=NORMAL: a commit survives the process being killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .campaign import Job
+from .errors import ConfigError, TemporaryError
+from .files import private_dir, private_file
+from .sender import Outcome
+
+STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    template TEXT,
+    recipients TEXT,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    campaign TEXT NOT NULL,
+    key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    line INTEGER,
+    state TEXT NOT NULL CHECK (state IN
+        ('queued', 'sending', 'sent', 'deferred', 'failed', 'suppressed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    code INTEGER,
+    reply TEXT,
+    message_id TEXT,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (campaign, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (campaign, state);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    campaign: str
+    email: str
+    name: str
+    line: int | None
+    state: str
+    attempts: int
+    code: int | None
+    reply: str | None
+    message_id: str | None
+    updated: str
+
+
+class Journal:
+    """An open journal file. Use as a context manager."""
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = path
+        if not path.exists():
+            if not create:
+                raise ConfigError(f"{path}: no journal here (nothing has been sent with it)")
+            try:
+                private_dir(path.parent)
+                private_file(path)
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot create the journal: {exc.strerror}") from None
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path}: not a usable journal: {exc}") from None
+        self._protect()
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_sql = ("UPDATE deliveries SET state = ?, code = ?, reply = ?, updated = ?"
+                             " WHERE campaign = ? AND key = ?")
+
+    def _protect(self) -> None:
+        """The WAL and shared-memory files hold the same personal data: owner only."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # A run -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def sync(self, campaign: str, template: str, recipients_file: str,
+             rows: Iterable[tuple[str, str, str, int, bool]]) -> None:
+        """Add new recipients as queued (or suppressed) and refresh names and lines.
+
+        ``rows`` are (key, email, name, line, suppressed). Sent, failed and deferred rows
+        keep their state; a suppressed address that is no longer suppressed is queued again.
+        """
+        now = _now()
+        with self.transaction() as db:
+            db.execute("INSERT INTO campaigns (id, template, recipients, created, updated) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET updated = ?",
+                       (campaign, template, recipients_file, now, now, now))
+            # Rows of addresses no longer in the list keep their history but lose their
+            # line: they are not sent and do not count as remaining.
+            db.execute("UPDATE deliveries SET line = NULL WHERE campaign = ?", (campaign,))
+            db.executemany(
+                "INSERT INTO deliveries (campaign, key, email, name, line, state, created, "
+                "updated) VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 THEN 'suppressed' ELSE "
+                "'queued' END, ?7, ?7) ON CONFLICT (campaign, key) DO UPDATE SET "
+                "email = ?3, name = ?4, line = ?5, state = CASE "
+                "WHEN ?6 AND state IN ('queued', 'deferred') THEN 'suppressed' "
+                "WHEN NOT ?6 AND state = 'suppressed' THEN 'queued' ELSE state END, "
+                "updated = CASE WHEN state IN ('queued', 'suppressed') THEN ?7 "
+                "ELSE updated END",
+                ((campaign, key, email, name, line, suppressed, now)
+                 for key, email, name, line, suppressed in rows))
+        self._protect()
+
+    def to_send(self, campaign: str, key: str, retry_failed: bool) -> bool:
+        row = self.db.execute("SELECT state FROM deliveries WHERE campaign = ? AND key = ?",
+                              (campaign, key)).fetchone()
+        if row is None:
+            return False
+        state = row[0]
+        return state in ("queued", "sending", "deferred") or (retry_failed and state == "failed")
+
+    def remaining(self, campaign: str, retry_failed: bool = False) -> int:
+        states = ("queued", "sending", "deferred") + (("failed",) if retry_failed else ())
+        marks = ",".join("?" * len(states))
+        row = self.db.execute(f"SELECT count(*) FROM deliveries WHERE campaign = ? "  # noqa: S608
+                              f"AND line IS NOT NULL AND state IN ({marks})",
+                              (campaign, *states)).fetchone()
+        return int(row[0])
+
+    def recorder(self, campaign: str) -> JournalRecorder:
+        return JournalRecorder(self, campaign)
+
+    # Reading -----------------------------------------------------------------------
+
+    def campaigns(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM campaigns ORDER BY created, id")]
+
+    def counts(self, campaign: str | None = None) -> dict[str, dict[str, int]]:
+        """campaign → state → count (every state present, zeros included)."""
+        result: dict[str, dict[str, int]] = {}
+        ids = [campaign] if campaign is not None else self.campaigns()
+        for cid in ids:
+            result[cid] = dict.fromkeys(STATES, 0)
+        query = "SELECT campaign, state, count(*) FROM deliveries"
+        params: tuple[str, ...] = ()
+        if campaign is not None:
+            query += " WHERE campaign = ?"
+            params = (campaign,)
+        for cid, state, count in self.db.execute(query + " GROUP BY campaign, state", params):
+            result.setdefault(cid, dict.fromkeys(STATES, 0))[state] = count
+        return result
+
+    def entries(self, campaign: str | None = None) -> Iterator[Entry]:
+        query = ("SELECT campaign, email, name, line, state, attempts, code, reply, "
+                 "message_id, updated FROM deliveries")
+        params: tuple[str, ...] = ()
+        if campaign is not None:
+            query += " WHERE campaign = ?"
+            params = (campaign,)
+        for row in self.db.execute(query + " ORDER BY campaign, line, key", params):
+            yield Entry(*row)
+
+    def purge(self, campaign: str) -> int:
+        """Delete a campaign's rows and compact the file so the addresses are gone."""
+        with self.transaction() as db:
+            deleted = db.execute("DELETE FROM deliveries WHERE campaign = ?",
+                                 (campaign,)).rowcount
+            db.execute("DELETE FROM campaigns WHERE id = ?", (campaign,))
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._protect()
+        return int(deleted)
+
+    # Writes during a run (group commit) ----------------------------------------------
+
+    def _commit(self, extra: tuple[str, tuple[Any, ...]] | None = None) -> None:
+        if not self._pending and extra is None:
+            return
+        self.db.execute("BEGIN")
+        try:
+            if self._pending:
+                self.db.executemany(self._pending_sql, self._pending)
+            if extra is not None:
+                self.db.execute(*extra)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        self._pending.clear()
+
+    def flush(self) -> None:
+        self._commit()
+
+
+class JournalRecorder:
+    """The sender's Recorder: results are queued and committed with the next ``sending``."""
+
+    def __init__(self, journal: Journal, campaign: str) -> None:
+        self.journal = journal
+        self.campaign = campaign
+
+    def sending(self, job: Job) -> None:
+        self.journal._commit((
+            "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, "
+            "message_id = ?, updated = ? WHERE campaign = ? AND key = ?",
+            (job.message_id, _now(), self.campaign, job.key)))
+
+    def result(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
+        self.journal._pending.append((outcome.value, code, reply[:500], _now(),
+                                      self.campaign, job.key))
+        if len(self.journal._pending) >= 256:
+            self.journal._commit()
+
+    def flush(self) -> None:
+        self.journal._commit()
+
+
+class CampaignLock:
+    """One ``send`` per journal + campaign: an flock on a file beside the journal.
+
+    The kernel drops an flock when its process dies, so the lock never outlives a killed
+    run; the file keeps the holder's PID and host for the message to a second run.
+    """
+
+    def __init__(self, journal: Path, campaign: str) -> None:
+        digest = hashlib.sha256(campaign.encode()).hexdigest()[:12]
+        self.path = journal.with_name(f"{journal.name}.{digest}.lock")
+        self.campaign = campaign
+        self._fd: int | None = None
+
+    def __enter__(self) -> CampaignLock:
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise TemporaryError(f"campaign {self.campaign!r} is being sent by {holder} "
+                                 f"(lock {self.path}); try again when it has finished"
+                                 ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,382 @@
+"""Templates: discovery (variants by language), the sandbox, the variable check, rendering.
+
+A template is a folder ``<templates-dir>/<NAME>/`` holding ``subject.txt.j2`` and at least
+one of ``body.txt.j2``, ``body.html.j2`` or ``body.md.j2``; each may have language variants
+such as ``subject.nn.txt.j2``. Templates are untrusted input: they run in Jinja2's
+immutable sandbox with strict undefined variables and HTML autoescaping.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from .errors import TemplateError
+from .recipients import Recipient
+
+PARTS = ("subject", "text", "html", "markdown")
+_SUFFIX = {"subject": "txt", "text": "txt", "html": "html", "markdown": "md"}
+_STEM = {"subject": "subject", "text": "body", "html": "body", "markdown": "body"}
+_VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md)\.j2\Z")
+_SPACE = re.compile(r"\s+")
+
+MONTHS = {
+    "nb": ["januar", "februar", "mars", "april", "mai", "juni", "juli", "august",
+           "september", "oktober", "november", "desember"],
+    "en": ["January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December"],
+}
+MONTHS["nn"] = MONTHS["nb"]
+WEEKDAYS = {
+    "nb": ["mandag", "tirsdag", "onsdag", "torsdag", "fredag", "lørdag", "søndag"],
+    "nn": ["måndag", "tysdag", "onsdag", "torsdag", "fredag", "laurdag", "søndag"],
+    "en": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+}
+
+
+def _long_date(value: Any, lang: str = "nb", weekday: bool = False) -> str:
+    """``27. oktober 2022`` (nb, nn) or ``27 October 2022`` (en)."""
+    lang = lang if lang in MONTHS else "nb"
+    month = MONTHS[lang][value.month - 1]
+    day = f"{value.day} {month} {value.year}" if lang == "en" else \
+        f"{value.day}. {month} {value.year}"
+    if weekday:
+        day = f"{WEEKDAYS[lang][value.weekday()]} {day}"
+        if lang != "en":
+            day = day[0].upper() + day[1:]
+    return day
+
+
+def _clock(value: Any, lang: str = "nb") -> str:
+    """``10.15`` (Norwegian style) or ``10:15`` (en)."""
+    return f"{value.hour:02d}{':' if lang == 'en' else '.'}{value.minute:02d}"
+
+
+def _is_html(name: str | None) -> bool:
+    return name is not None and name.endswith((".html.j2", ".html", ".htm"))
+
+
+def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
+    """The sandboxed environment used for every template of a run."""
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(templates_dir), encoding="utf-8"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=_is_html,
+        keep_trailing_newline=True,
+        auto_reload=False,
+        cache_size=-1,
+    )
+    env.filters["longdate"] = _long_date
+    env.filters["clock"] = _clock
+    return env
+
+
+def _error_location(exc: BaseException, fallback: str) -> str:
+    """``file:line`` of the innermost template frame of an exception (Jinja rewrites its
+    tracebacks so template frames carry the template file and line)."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        name = exc.filename or exc.name or fallback
+        return f"{name}:{exc.lineno}"
+    where = fallback
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2") or filename.endswith(".html"):
+            where = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about a template error, without the path (the caller adds it)."""
+    if isinstance(exc, jinja2.UndefinedError):
+        return f"undefined variable: {exc.message}"
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return f"not allowed in a template (sandbox): {exc}"
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return f"template not found: {exc.name}"
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"syntax error: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """The templates that make one language's message; ``lang`` None is the fallback."""
+
+    lang: str | None
+    files: Mapping[str, str]  # part → template name relative to templates_dir
+
+
+@dataclass(slots=True)
+class Rendered:
+    """What the templates made for one recipient."""
+
+    subject: str
+    text: str | None
+    html: str | None
+    lang: str
+
+
+class TemplateSet:
+    """The variants of one template folder, compiled once, rendered per recipient."""
+
+    def __init__(self, templates_dir: Path, name: str, *, variables: Mapping[str, str] = {},
+                 default_language: str = "nb", extra: Mapping[str, Any] = {}) -> None:
+        self.templates_dir = templates_dir
+        self.name = name
+        self.folder = templates_dir / name
+        self.default_language = default_language
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise TemplateError(f"invalid template name {name!r}")
+        if not self.folder.is_dir():
+            available = sorted(p.name for p in templates_dir.iterdir()
+                               if p.is_dir() and not p.name.startswith((".", "_"))) \
+                if templates_dir.is_dir() else []
+            hint = f" (available: {', '.join(available)})" if available else ""
+            raise TemplateError(f"{self.folder}: no such template{hint}")
+        self.env = make_environment(templates_dir)
+        self.env.globals.update(variables)
+        self.variables = dict(variables)
+        self.extra = dict(extra)  # per-run values shared by all recipients (event, ...)
+        self.variants = self._discover()
+        self._compiled: dict[str, jinja2.Template] = {}
+        for variant in self.variants.values():
+            for template_name in variant.files.values():
+                self._template(template_name)
+
+    # Discovery --------------------------------------------------------------------
+
+    def _discover(self) -> dict[str | None, Variant]:
+        found: dict[str | None, dict[str, str]] = {}
+        for path in sorted(self.folder.iterdir()):
+            match = _VARIANT.match(path.name)
+            if not match:
+                continue
+            stem, lang, suffix = match.groups()
+            part = "subject" if stem == "subject" else \
+                {"txt": "text", "html": "html", "md": "markdown"}[suffix]
+            if stem == "subject" and suffix != "txt":
+                continue
+            found.setdefault(lang, {})[part] = f"{self.name}/{path.name}"
+        base = found.get(None, {})
+        variants: dict[str | None, Variant] = {}
+        for lang, files in found.items():
+            merged = dict(files)
+            if lang is not None:
+                # Subject falls back on its own; bodies come all from one language.
+                if "subject" not in merged and "subject" in base:
+                    merged["subject"] = base["subject"]
+                if not {"text", "html", "markdown"} & files.keys():
+                    merged.update({p: n for p, n in base.items() if p != "subject"})
+            if "subject" not in merged:
+                raise TemplateError(f"{self.folder}/{_file('subject', lang)}: missing: "
+                                    f"every template needs a subject")
+            if not {"text", "html", "markdown"} & merged.keys():
+                raise TemplateError(f"{self.folder}: no body for "
+                                    f"{lang or 'the default language'}: add body.txt.j2, "
+                                    f"body.html.j2 or body.md.j2")
+            variants[lang] = Variant(lang, merged)
+        if not variants:
+            raise TemplateError(f"{self.folder}/subject.txt.j2: missing: a template needs "
+                                f"subject.txt.j2 and body.txt.j2, body.html.j2 or body.md.j2")
+        return variants
+
+    def variant_for(self, language: str | None) -> Variant | None:
+        """The variant for a language, else the fallback; None when there is neither."""
+        return self.variants.get(language) or self.variants.get(None)
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(lang for lang in self.variants if lang is not None)
+
+    def _template(self, name: str) -> jinja2.Template:
+        template = self._compiled.get(name)
+        if template is None:
+            try:
+                template = self.env.get_template(name)
+            except jinja2.TemplateError as exc:
+                where = _error_location(exc, str(self.templates_dir / name))
+                if not where.startswith(str(self.templates_dir)) and not Path(where).is_absolute():
+                    where = str(self.templates_dir / where)
+                raise TemplateError(f"{where}: {describe_error(exc)}") from None
+            self._compiled[name] = template
+        return template
+
+    # The variable check ------------------------------------------------------------
+
+    def used_variables(self) -> dict[str, tuple[str, int]]:
+        """Every variable the templates read but do not set: name → (file, line)."""
+        used: dict[str, tuple[str, int]] = {}
+        seen: set[str] = set()
+        todo = [n for v in self.variants.values() for n in v.files.values()]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            try:
+                ast = self.env.parse(source, name, filename)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(f"{filename}:{exc.lineno}: {describe_error(exc)}") from None
+            undeclared = meta.find_undeclared_variables(ast)
+            for node in ast.find_all(nodes.Name):
+                if node.ctx == "load" and node.name in undeclared and node.name not in used:
+                    used[node.name] = (str(filename), node.lineno)
+            todo.extend(t for t in meta.find_referenced_templates(ast) if t)
+        return used
+
+    def missing_variables(self, headers: Iterable[str]) -> list[str]:
+        """``file:line: ...`` for each variable that no column, --var or built-in provides."""
+        provided = set(self.env.globals) | set(self.variables) | set(self.extra)
+        provided |= {"recipient", "email", "name", "language", "lang", "content"}
+        provided |= {h for h in headers if _top_level(h)}
+        return [f"{where}:{line}: variable '{var}' is used but no column or --var "
+                f"provides it"
+                for var, (where, line) in sorted(self.used_variables().items())
+                if var not in provided]
+
+    # Rendering ---------------------------------------------------------------------
+
+    @cached_property
+    def _markdown(self) -> Callable[[str], str]:
+        from markdown_it import MarkdownIt
+
+        # Raw HTML in Markdown is escaped: a value from the list cannot inject markup.
+        return MarkdownIt("commonmark", {"html": False, "typographer": True}) \
+            .enable(["table", "strikethrough"]).render
+
+    def context(self, recipient: Recipient, lang: str) -> dict[str, Any]:
+        fields = recipient.fields
+        ctx: dict[str, Any] = {k: v for k, v in fields.items() if _top_level(k)}
+        ctx.update(self.extra)
+        ctx.update(recipient=fields, email=recipient.email, name=recipient.name,
+                   language=recipient.language, lang=lang)
+        return ctx
+
+    def render(self, recipient: Recipient, extra: Mapping[str, Any] = {}) -> Rendered:
+        """Render every part for one recipient; TemplateError names file and list line."""
+        variant = self.variant_for(recipient.language)
+        if variant is None:
+            raise TemplateError(f"{self.folder}: no variant for language "
+                                f"{recipient.language!r} and no fallback "
+                                f"(recipient on line {recipient.line})")
+        lang = variant.lang or self.default_language
+        ctx = self.context(recipient, lang)
+        if extra:
+            ctx.update(extra)
+        files = variant.files
+        current = files["subject"]
+        try:
+            subject = _SPACE.sub(" ", self._compiled[current].render(ctx)).strip()
+            text = html = None
+            if "markdown" in files:
+                current = files["markdown"]
+                text = self._compiled[current].render(ctx)
+                content = Markup(self._markdown(text))  # noqa: S704 - escaped by markdown-it
+                if "html" in files:
+                    current = files["html"]
+                    html = self._compiled[current].render(ctx, content=content)
+                else:
+                    html = _default_layout(subject, content, lang)
+            else:
+                if "text" in files:
+                    current = files["text"]
+                    text = self._compiled[current].render(ctx)
+                if "html" in files:
+                    current = files["html"]
+                    html = self._compiled[current].render(ctx)
+            if html is not None:
+                html = inline_css(html)
+                if text is None:
+                    text = html_to_text(html)
+        except Exception as exc:
+            where = _error_location(exc, str(self.templates_dir / current))
+            raise TemplateError(f"{where}: {describe_error(exc)} "
+                                f"(recipient on line {recipient.line})") from None
+        if not subject:
+            raise TemplateError(f"{self.templates_dir / files['subject']}: the subject is "
+                                f"empty (recipient on line {recipient.line})")
+        return Rendered(subject=subject, text=text, html=html, lang=lang)
+
+
+def _file(part: str, lang: str | None) -> str:
+    middle = f".{lang}" if lang else ""
+    return f"{_STEM[part]}{middle}.{_SUFFIX[part]}.j2"
+
+
+def _top_level(header: str) -> bool:
+    return header.isidentifier() and not keyword.iskeyword(header)
+
+
+def _default_layout(subject: str, content: Markup, lang: str) -> str:
+    title = Markup.escape(subject)
+    return (f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{title}</title>\n</head>\n<body>\n{content}\n</body>\n</html>\n")
+
+
+def render_string(env: jinja2.Environment, source: str, what: str) -> jinja2.Template:
+    """Compile a template given as a setting (e.g. MAILER_UNSUBSCRIBE_URL)."""
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{what}: {describe_error(exc)}") from None
+
+
+@lru_cache(maxsize=1)
+def _inliner() -> Any:
+    import css_inline
+
+    # Never fetch a stylesheet from the network; keep @media rules in a <style> block.
+    return css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+
+
+def inline_css(html: str) -> str:
+    """Move CSS from <style> into style attributes, for clients that drop <style>."""
+    if "<style" not in html:
+        return html
+    result: str = _inliner().inline(html)
+    return result
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text from HTML: paragraphs and lists kept, links as ``text (url)``."""
+    import html2text
+
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_images = False
+    converter.images_to_alt = True
+    converter.ignore_emphasis = True
+    converter.ignore_tables = False
+    converter.inline_links = True
+    converter.protect_links = False
+    converter.unicode_snob = True
+    converter.single_line_break = False
+    text: str = converter.handle(html)
+    text = _MD_LINK.sub(_link_as_text, text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+_MD_LINK = re.compile(r"\[([^\]]*)\]\(<?([^)>\s]+)>?(?:\s+\"[^\"]*\")?\)")
+
+
+def _link_as_text(match: re.Match[str]) -> str:
+    label, url = match.group(1).strip(), match.group(2)
+    target = url.removeprefix("mailto:")
+    if not label or label in (url, target):
+        return url if not url.startswith("mailto:") else target
+    return f"{label} ({target})"

@@ -1,0 +1,99 @@
+"""What the user sees during and after a send: a progress bar on a terminal, plain lines
+elsewhere (cron, pipes: no ANSI codes, no carriage returns), and the summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+import click
+
+from .campaign import Job
+from .sender import Outcome, Stats
+
+PLAIN_EVERY = 10.0  # seconds between progress lines when not on a terminal
+
+
+class Reporter:
+    """Progress and summary; ``quiet`` prints nothing on success."""
+
+    def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() and not quiet
+        self.total = 0
+        self.done = 0
+        self.counts = {o: 0 for o in Outcome}
+        self._progress: Any = None
+        self._task: Any = None
+        self._started = 0.0
+        self._last_line = 0.0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self._started = self._last_line = time.monotonic()
+        if self.tty and total:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=Console(file=self.stream), transient=True)
+            self._task = self._progress.add_task("send", total=total, counts="", rate="")
+            self._progress.start()
+
+    def outcome(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
+        self.done += 1
+        self.counts[outcome] += 1
+        now = time.monotonic()
+        if self._progress is not None:
+            if self.done % 16 == 0 or self.done == self.total or outcome is not Outcome.SENT:
+                self._progress.update(self._task, completed=self.done, counts=self._counts(),
+                                      rate=self._rate(now))
+        elif not self.quiet and now - self._last_line >= PLAIN_EVERY:
+            self._last_line = now
+            self.line(f"progress: {self.done}/{self.total}, {self._counts()}, {self._rate(now)}")
+
+    def _counts(self) -> str:
+        c = self.counts
+        return f"sent {c[Outcome.SENT]}, failed {c[Outcome.FAILED]}, " \
+               f"deferred {c[Outcome.DEFERRED]}"
+
+    def _rate(self, now: float) -> str:
+        elapsed = now - self._started
+        return f"{self.done / elapsed:.1f} msg/s" if elapsed > 0 else ""
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def line(self, text: str) -> None:
+        click.echo(text, file=self.stream)
+
+    def summary(self, stats: Stats, *, skipped: int, suppressed: int, remaining: int,
+                failed: bool) -> None:
+        """Rejected addresses always; the summary unless quiet and all went well."""
+        for email, code, reply in stats.rejected:
+            click.echo(f"rejected: {email}: {code or ''} {reply}".replace("  ", " "),
+                       file=self.stream)
+        if self.quiet and not failed:
+            return
+        if stats.stopped:
+            click.echo(f"stopped: {stats.stopped}", file=self.stream)
+        skip = f"skipped {skipped + suppressed}"
+        if skipped or suppressed:
+            skip += f" ({skipped} done before, {suppressed} suppressed)"
+        text = (f"sent {stats.sent}, failed {stats.failed} (permanent), deferred "
+                f"{stats.deferred} (temporary), {skip}")
+        if remaining:
+            text += f"; {remaining} remain for the next run"
+        click.echo(text)

@@ -1,0 +1,118 @@
+"""Settings from MAILER_* environment variables and ``.env``; options override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .address import AddressError, Mailbox, parse_mailbox
+from .errors import ConfigError
+from .ratelimit import parse_rate
+
+
+class Settings(BaseSettings):
+    """Everything configurable; every field is ``MAILER_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = Field(30.0, gt=0)
+    smtp_helo: str | None = None
+    sender: str | None = None
+    reply_to: str | None = None
+    templates_dir: Path = Path("templates")
+    journal: Path = Path(".mailer/journal.sqlite3")
+    concurrency: int = Field(4, ge=1, le=100)
+    rate_limit: str | None = None
+    messages_per_connection: int = Field(100, ge=1)
+    retries: int = Field(3, ge=0, le=20)
+    retry_delay: float = Field(2.0, ge=0)
+    unsubscribe_url: str | None = None
+    language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
+
+    @field_validator("smtp_security", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("smtp_username", "smtp_helo", "reply_to", "sender", "unsubscribe_url",
+                     "rate_limit", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("smtp_password", mode="before")
+    @classmethod
+    def _blank_password_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("sender", "reply_to")
+    @classmethod
+    def _mailbox(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_mailbox(value)
+            except AddressError as exc:
+                raise ValueError(f"not a valid address: {exc}") from None
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    @field_validator("smtp_helo")
+    @classmethod
+    def _helo(cls, value: str | None) -> str | None:
+        if value is not None and not all(c.isalnum() or c in ".-[]:" for c in value):
+            raise ValueError("must be a host name or an address literal")
+        return value
+
+    # Derived values -----------------------------------------------------------------
+
+    @property
+    def sender_mailbox(self) -> Mailbox:
+        if self.sender is None:
+            raise ConfigError("MAILER_SENDER is not set: give the From address, "
+                              "e.g. MAILER_SENDER='Digdir <invitasjon@example.org>'")
+        return parse_mailbox(self.sender)
+
+    @property
+    def reply_to_mailbox(self) -> Mailbox | None:
+        return None if self.reply_to is None else parse_mailbox(self.reply_to)
+
+    @property
+    def rate(self) -> float | None:
+        return None if self.rate_limit is None else parse_rate(self.rate_limit)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from env, ``.env`` and non-None overrides; ConfigError on bad values.
+
+    The message names the variable and the cause, never the value (it may be a secret).
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        where = f"--{field.replace('_', '-')}" if field in given else f"MAILER_{field.upper()}"
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"invalid setting {where}: {reason}{more}") from None

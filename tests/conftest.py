@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from click.testing import CliRunner, Result
+
+from mailer.cli import cli
+from tests.smtpserver import Recorder, RecordingController, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SENDER = "Digdir <invitasjon@example.org>"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No MAILER_* from the developer's shell or .env; every test in its own folder."""
+    for key in list(os.environ):
+        if key.startswith("MAILER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    """A copy of the shipped templates that a test may change."""
+    target = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", target)
+    return target
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def make_template(root: Path, name: str, **files: str | None) -> Path:
+    """Write a template folder: make_template(root, 'x', subject='..', body_txt='..')."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, text in files.items():
+        if text is None:
+            continue
+        filename = key.replace("_", ".") + ".j2" if key != "event" else "event.toml"
+        (folder / filename).write_text(text, encoding="utf-8")
+    return folder
+
+
+def run(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    runner = CliRunner()
+    return runner.invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[RecordingController, Recorder]]:
+    controller, handler = start_server()
+    yield controller, handler
+    controller.stop()
+
+
+def smtp_env(controller: RecordingController, **more: str) -> dict[str, str]:
+    env = {"MAILER_SMTP_HOST": "127.0.0.1", "MAILER_SMTP_PORT": str(controller.port),
+           "MAILER_SMTP_SECURITY": "none", "MAILER_SENDER": SENDER,
+           "MAILER_SMTP_HELO": "client.example.org"}
+    env.update(more)
+    return env
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(ca: trustme.CA, tmp_path: Path) -> dict[str, Any]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return {"server_ctx": server_ctx, "ca_file": ca_file}

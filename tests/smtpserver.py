@@ -1,0 +1,131 @@
+"""A real SMTP server for tests (aiosmtpd on 127.0.0.1) that records what it receives
+and injects faults, as aiosmtplib's own tests do. No mock of the SMTP client anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    at: float  # the server's monotonic clock when DATA was accepted
+    session: int  # which connection carried it
+    helo: str | None
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class Recorder:
+    """The handler: records messages; faults are set per test."""
+
+    messages: list[Received] = field(default_factory=list)
+    rcpt_codes: dict[str, list[str]] = field(default_factory=dict)  # address → replies to use first
+    reject: dict[str, str] = field(default_factory=dict)  # address → permanent reply
+    drop_in_data: dict[str, int] = field(default_factory=dict)  # address → times to drop
+    data_delay: float = 0.0
+    active: int = 0
+    max_active: int = 0
+    connections: int = 0
+    helos: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        self.helos.append(hostname)
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        key = address.lower()
+        queued = self.rcpt_codes.get(key)
+        if queued:
+            return queued.pop(0)
+        if key in self.reject:
+            return self.reject[key]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        for rcpt in envelope.rcpt_tos:
+            left = self.drop_in_data.get(rcpt.lower(), 0)
+            if left:
+                self.drop_in_data[rcpt.lower()] = left - 1
+                server.transport.abort()
+                return "421 dropped"  # never reaches the client
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                          envelope.original_content or envelope.content,
+                                          time.monotonic(), id(session),
+                                          getattr(session, "host_name", None)))
+        return "250 2.0.0 Ok: queued"
+
+    def to(self, address: str) -> list[Received]:
+        return [m for m in self.messages if address in m.rcpt_tos]
+
+
+class CountingSMTP(SMTP):
+    """Counts connections open at once, to prove parallelism and its bound."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler: Recorder = self.event_handler
+        with handler.lock:
+            handler.connections += 1
+            handler.active += 1
+            handler.max_active = max(handler.max_active, handler.active)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        handler: Recorder = self.event_handler
+        with handler.lock:
+            handler.active -= 1
+        super().connection_lost(exc)
+
+
+class RecordingController(Controller):
+    def factory(self) -> SMTP:
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+def authenticator(user: str, password: str):  # type: ignore[no-untyped-def]
+    def check(server: Any, session: Any, envelope: Any, mechanism: str,
+              auth_data: Any) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and auth_data.login == user.encode() \
+            and auth_data.password == password.encode()
+        return AuthResult(success=ok, handled=False)
+    return check
+
+
+def start_server(**kwargs: Any) -> tuple[RecordingController, Recorder]:
+    handler = Recorder()
+    port = free_port()
+    controller = RecordingController(handler, hostname="127.0.0.1", port=port,
+                                     server_hostname="mx.example.org", **kwargs)
+    controller.start()
+    return controller, handler

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from email_validator import EmailNotValidError, validate_email
+
+from mailer.address import AddressError, check_address, parse_mailbox
+from mailer.errors import InputError
+from mailer.recipients import Problem, Recipient, RecipientList, load_suppressions
+from tests.conftest import write
+
+
+def scan(path: Path) -> tuple[list[Recipient], list[Problem]]:
+    items = list(RecipientList(path).scan())
+    return ([i for i in items if isinstance(i, Recipient)],
+            [i for i in items if isinstance(i, Problem)])
+
+
+def test_excel_export_with_bom_semicolons_and_crlf(tmp_path: Path) -> None:
+    raw = ("\ufeffNavn;E-post;Organisasjon;Målform\r\n"
+           "Åse Bjørnstad;Ase.Bjornstad@Example.ORG;NTNU;nn\r\n"
+           "\"Ærø, Per\";per@example.org;\"Telenor; Fornebu\";NB\r\n"
+           ";;;\r\n")
+    people, problems = scan(write(tmp_path / "liste.csv", raw))
+    assert problems == []
+    assert [p.line for p in people] == [2, 3]
+    first, second = people
+    assert first.name == "Åse Bjørnstad"
+    assert first.email == "Ase.Bjornstad@example.org"  # domain normalised, local part kept
+    assert first.language == "nn"
+    assert first.fields["Organisasjon"] == "NTNU"
+    assert second.name == "Ærø, Per"
+    assert second.fields["Organisasjon"] == "Telenor; Fornebu"
+    assert second.language == "nb"
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_comma_and_tab_delimiters(tmp_path: Path, sep: str) -> None:
+    raw = sep.join(["email", "name", "lang"]) + "\n" + sep.join(["a@example.org", "A", "en"])
+    people, problems = scan(write(tmp_path / "l.csv", raw + "\n"))
+    assert not problems
+    assert people[0].email == "a@example.org" and people[0].name == "A"
+
+
+@pytest.mark.parametrize("header", ["email", "E-mail", "E-post", "EPOST", "mail"])
+def test_email_column_aliases(tmp_path: Path, header: str) -> None:
+    people, _ = scan(write(tmp_path / "l.csv", f"{header};navn\na@example.org;Ola\n"))
+    assert people[0].email == "a@example.org"
+    assert people[0].name == "Ola"
+
+
+def test_errors_name_the_line_where_the_record_starts(tmp_path: Path) -> None:
+    raw = ("navn;epost;notat\n"
+           "Ola;ola@example.org;\"to\nlinjer\"\n"  # lines 2-3: a quoted LF is a control char
+           "Kari;kari@@example.org;x\n"  # line 4
+           "Per;;x\n"  # line 5
+           "Bell;bell@example.org;ding\x07\n"  # line 6
+           "Lang;lang@example.org;a;b;c\n"  # line 7
+           "Ok;ok@example.org;x\n")
+    path = write(tmp_path / "l.csv", raw)
+    people, problems = scan(path)
+    assert [p.email for p in people] == ["ok@example.org"]
+    text = [str(p) for p in problems]
+    assert text[0] == f"{path}:2: column 'notat' holds a line break (LF)"
+    assert text[1].startswith(f"{path}:4: invalid address 'kari@@example.org'")
+    assert text[2] == f"{path}:5: missing address in column 'epost'"
+    assert text[3] == f"{path}:6: column 'notat' holds control character U+0007"
+    assert text[4].startswith(f"{path}:7: 5 fields but the header has 3")
+
+
+def test_carriage_return_inside_a_field(tmp_path: Path) -> None:
+    path = write(tmp_path / "l.csv", 'email;name\r\na@example.org;"Ola\rBcc: x@example.org"\r\n')
+    _, problems = scan(path)
+    assert str(problems[0]) == f"{path}:2: column 'name' holds a carriage return (CR)"
+
+
+def test_not_utf8_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path / "l.csv", "navn;epost\nOla;ola@example.org\nPål;paal@example.org\n",
+                 encoding="latin-1")
+    people, problems = scan(path)
+    assert [p.name for p in people] == ["Ola"]
+    assert str(problems[0]).startswith(f"{path}:3: column 'navn' holds bytes that are not UTF-8")
+    assert "UTF-8" in problems[0].message
+
+
+def test_no_email_column_and_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"l\.csv:1: no email column: expected one of email"):
+        scan(write(tmp_path / "l.csv", "navn;telefon\nOla;123\n"))
+    with pytest.raises(InputError, match=r"e\.csv:1: the list is empty"):
+        scan(write(tmp_path / "e.csv", ""))
+    with pytest.raises(InputError, match="empty"):
+        scan(write(tmp_path / "b.csv", "\ufeff\r\n\r\n"))
+
+
+def test_duplicates_warn_naming_both_lines_first_wins(tmp_path: Path) -> None:
+    path = write(tmp_path / "l.csv", "email;name\na@example.org;First\nB@x.example.org;B\n"
+                                     "A@EXAMPLE.org;Second\n")
+    people, problems = scan(path)
+    assert [p.name for p in people] == ["First", "B"]
+    assert problems[0].warning
+    assert str(problems[0]) == (f"{path}:4: warning: duplicate address A@example.org "
+                                f"(first on line 2): skipped")
+
+
+SAMPLES = [
+    "ola@example.org", "Ola.Nordmann@Example.ORG", "a+tag@sub.example.co.uk",
+    "x@localhost", "x@example", "x@example.invalid", "x@-bad.example.org",
+    "x@exa_mple.org", "a..b@example.org", ".a@example.org", "a.@example.org",
+    "\"quoted local\"@example.org", "ola@bæ.example.org", "øla@example.org",
+    "a@example.123", "a@[127.0.0.1]", "a" * 65 + "@example.org",
+    f"a@{'b' * 64}.example.org", "a@example.org.", "a b@example.org", "@example.org",
+    "a@", "mari.saether@example.org", "x@xn--b-4fa.example.org", "a@EXAMPLE.ORG",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_fast_address_path_agrees_with_email_validator(text: str) -> None:
+    try:
+        expected = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError:
+        with pytest.raises(AddressError):
+            check_address(text)
+        return
+    got = check_address(text)
+    assert got.normalized == expected.normalized
+    assert got.ascii == (expected.ascii_email or expected.normalized)
+
+
+def test_parse_mailbox() -> None:
+    box = parse_mailbox("Digdir <invitasjon@Example.org>")
+    assert (box.name, box.address.normalized, box.domain) == \
+        ("Digdir", "invitasjon@example.org", "example.org")
+    with pytest.raises(AddressError):
+        parse_mailbox("a@example.org, b@example.org")
+    with pytest.raises(AddressError):
+        parse_mailbox("Digdir <inv@example.org>\r\nBcc: x@example.org")
+
+
+def test_suppression_files_text_and_csv(tmp_path: Path) -> None:
+    text = write(tmp_path / "avmeldt.txt",
+                 "# avmeldte\nOla@Example.org\n\nkari@example.org # sa nei\n")
+    table = write(tmp_path / "bounces.csv", "E-post;dato\nper@example.org;2022-10-01\n")
+    found = load_suppressions([text, table])
+    assert found == {"ola@example.org", "kari@example.org", "per@example.org"}
