@@ -128,4 +128,10 @@ def start_server(**kwargs: Any) -> tuple[RecordingController, Recorder]:
     controller = RecordingController(handler, hostname="127.0.0.1", port=port,
                                      server_hostname="mx.example.org", **kwargs)
     controller.start()
+    # Controller.start() opens one connection of its own to wake the server: not ours.
+    deadline = time.monotonic() + 2
+    while handler.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with handler.lock:
+        handler.connections = handler.max_active = 0
     return controller, handler

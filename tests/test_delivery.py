@@ -1,0 +1,247 @@
+"""Delivery over real SMTP (aiosmtpd on 127.0.0.1) with faults injected at the server."""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailer.sender import helo_name
+from tests.conftest import make_template, run, smtp_env, write
+from tests.smtpserver import Recorder, RecordingController, authenticator, start_server
+
+Server = tuple[RecordingController, Recorder]
+
+
+def people(tmp_path: Path, n: int, extra: str = "") -> Path:
+    rows = "".join(f"Person {i};p{i}@example.org\n" for i in range(n))
+    return write(tmp_path / "liste.csv", "navn;epost\n" + rows + extra)
+
+
+@pytest.fixture
+def tpl(tmp_path: Path) -> Path:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei {{ name }}", body_txt="Hei {{ name }}\n",
+                  body_html="<p>Hei {{ name }}</p>")
+    return root
+
+
+def send(tpl: Path, listing: Path, env: dict[str, str], *extra: str) -> Any:
+    return run("send", str(listing), "--template", "t", "--templates-dir", str(tpl),
+               "--retry-delay", "0.05", *extra, env=env)
+
+
+def test_one_transaction_per_recipient_over_reused_connections(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    listing = people(tmp_path, 40, "Dup;P1@example.org\n")
+    result = send(tpl, listing, smtp_env(controller), "--concurrency", "2")
+    assert result.exit_code == 0, result.output
+    assert len(handler.messages) == 40
+    for msg in handler.messages:
+        assert len(msg.rcpt_tos) == 1  # nobody sees anyone else
+        assert msg.message["To"].addresses[0].addr_spec == msg.rcpt_tos[0]
+        assert msg.mail_from == "invitasjon@example.org"
+        assert msg.message["Bcc"] is None and msg.message["Cc"] is None
+    assert sorted(m.rcpt_tos[0] for m in handler.messages) == \
+        sorted(f"p{i}@example.org" for i in range(40))
+    assert handler.connections <= 2  # reused, not one per message
+    assert handler.helos[0] == "client.example.org"
+    assert "sent 40, failed 0 (permanent), deferred 0 (temporary)" in result.output
+
+
+def test_reconnects_after_messages_per_connection(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_MESSAGES_PER_CONNECTION="5")
+    result = send(tpl, people(tmp_path, 20), env, "--concurrency", "1")
+    assert result.exit_code == 0, result.output
+    assert len(handler.messages) == 20
+    assert handler.connections == 4
+    assert len({m.session for m in handler.messages}) == 4
+
+
+def test_temporary_4xx_is_retried_then_succeeds(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.rcpt_codes["p1@example.org"] = ["451 4.7.1 greylisted", "451 4.7.1 greylisted"]
+    result = send(tpl, people(tmp_path, 3), smtp_env(controller))
+    assert result.exit_code == 0, result.output
+    assert len(handler.to("p1@example.org")) == 1
+    assert len(handler.messages) == 3
+
+
+def test_permanent_5xx_not_retried_named_exit_1(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.reject["p2@example.org"] = "550 5.1.1 <p2@example.org>: mailbox unknown"
+    result = send(tpl, people(tmp_path, 4), smtp_env(controller), "--quiet")
+    assert result.exit_code == 1
+    assert len(handler.messages) == 3  # one failure never stops the others
+    assert "rejected: p2@example.org: 550 5.1.1 <p2@example.org>: mailbox unknown" in result.output
+    assert "sent 3, failed 1 (permanent), deferred 0" in result.output
+
+
+def test_temporary_after_all_retries_exit_75_wins(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.rcpt_codes["p0@example.org"] = ["452 4.2.2 mailbox full"] * 10
+    handler.reject["p1@example.org"] = "554 5.7.1 rejected"
+    result = send(tpl, people(tmp_path, 3), smtp_env(controller), "--retries", "2")
+    assert result.exit_code == 75, result.output
+    assert "rejected: p1@example.org: 554 5.7.1 rejected" in result.output
+    assert "sent 1, failed 1 (permanent), deferred 1 (temporary)" in result.output
+    assert handler.rcpt_codes["p0@example.org"] == ["452 4.2.2 mailbox full"] * 7  # 1 + 2 retries
+
+
+def test_connection_dropped_in_data_is_retried(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.drop_in_data["p3@example.org"] = 1
+    result = send(tpl, people(tmp_path, 6), smtp_env(controller), "--concurrency", "1")
+    assert result.exit_code == 0, result.output
+    assert len(handler.to("p3@example.org")) == 1
+    assert len(handler.messages) == 6
+    assert handler.connections == 2  # a fresh connection after the drop
+
+
+def test_slow_server_connections_run_in_parallel_never_more_than_n(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.data_delay = 0.2
+    result = send(tpl, people(tmp_path, 24), smtp_env(controller), "--concurrency", "3")
+    assert result.exit_code == 0, result.output
+    assert len(handler.messages) == 24
+    assert handler.max_active == 3
+    # 24 messages at 0.2 s each would take 4.8 s one at a time; 3 connections overlap them
+    span = handler.messages[-1].at - handler.messages[0].at
+    assert span < 3.6
+
+
+def test_rate_limit_spaces_messages_on_the_server_clock(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    result = send(tpl, people(tmp_path, 6), smtp_env(controller), "--concurrency", "3",
+                  "--rate-limit", "10/s")
+    assert result.exit_code == 0, result.output
+    times = sorted(m.at for m in handler.messages)
+    assert times[-1] - times[0] >= 0.45  # 5 gaps of 0.1 s, with margin for scheduling
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert sum(1 for g in gaps if g < 0.05) <= 1  # no burst
+
+
+@pytest.mark.parametrize(("rate", "ok"), [("30/min", True), ("2.5", True), ("100/h", True),
+                                          ("fast", False), ("10/day", False)])
+def test_rate_option_parsing(tmp_path: Path, tpl: Path, rate: str, ok: bool) -> None:
+    result = run("send", str(people(tmp_path, 1)), "--template", "t", "--templates-dir", str(tpl),
+                 "--rate-limit", rate, "--dry-run", env={"MAILER_SENDER": "a@example.org"})
+    assert (result.exit_code == 0) is ok
+    if not ok:
+        assert result.exit_code == 2
+
+
+def test_server_down_exit_75_nothing_sent(tmp_path: Path, tpl: Path) -> None:
+    from tests.smtpserver import free_port
+
+    env = smtp_env(type("C", (), {"port": free_port()})())  # nothing listens there
+    result = send(tpl, people(tmp_path, 2), env)
+    assert result.exit_code == 75
+    assert "cannot reach SMTP server" in result.output
+
+
+def test_invalid_list_makes_no_connection(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    listing = people(tmp_path, 3, "Bad;not-an-address\n")
+    result = send(tpl, listing, smtp_env(controller))
+    assert result.exit_code == 65
+    assert handler.connections == 0
+
+
+def test_starttls_required_but_not_offered_exit_78(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_SMTP_SECURITY="starttls")
+    result = send(tpl, people(tmp_path, 2), env)
+    assert result.exit_code == 78
+    assert "does not offer STARTTLS" in result.output
+    assert handler.messages == []
+
+
+@pytest.fixture
+def tls_server(tls_files: dict[str, Any]) -> Any:
+    controller, handler = start_server(
+        tls_context=tls_files["server_ctx"], require_starttls=True,
+        authenticator=authenticator("digdir", "s3cret-Pa55"), auth_require_tls=True)
+    yield controller, handler, tls_files["ca_file"]
+    controller.stop()
+
+
+def test_starttls_with_trusted_cert_and_auth(tmp_path: Path, tpl: Path, tls_server: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, handler, ca_file = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    env = smtp_env(controller, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USERNAME="digdir",
+                   MAILER_SMTP_PASSWORD="s3cret-Pa55")
+    result = send(tpl, people(tmp_path, 3), env)
+    assert result.exit_code == 0, result.output
+    assert len(handler.messages) == 3
+    assert "s3cret-Pa55" not in result.output
+
+
+def test_wrong_password_exit_78_never_shown(tmp_path: Path, tpl: Path, tls_server: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, handler, ca_file = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    env = smtp_env(controller, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USERNAME="digdir",
+                   MAILER_SMTP_PASSWORD="wrong-Pa55word")
+    result = send(tpl, people(tmp_path, 2), env)
+    assert result.exit_code == 78
+    assert "authentication failed" in result.output
+    assert "wrong-Pa55word" not in result.output
+    assert handler.messages == []
+
+
+def test_untrusted_certificate_refused_exit_78(tmp_path: Path, tpl: Path, tls_server: Any) -> None:
+    controller, handler, _ = tls_server  # SSL_CERT_FILE not set: the test CA is unknown
+    env = smtp_env(controller, MAILER_SMTP_SECURITY="starttls")
+    result = send(tpl, people(tmp_path, 2), env)
+    assert result.exit_code == 78
+    assert "TLS" in result.output and "certificate" in result.output.lower()
+    assert handler.messages == []
+
+
+def test_implicit_tls(tmp_path: Path, tpl: Path, tls_files: dict[str, Any],
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, handler = start_server(ssl_context=tls_files["server_ctx"])
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_files["ca_file"]))
+        result = send(tpl, people(tmp_path, 2), smtp_env(controller, MAILER_SMTP_SECURITY="tls"))
+        assert result.exit_code == 0, result.output
+        assert len(handler.messages) == 2
+    finally:
+        controller.stop()
+
+
+def test_helo_name_falls_back_to_sender_domain(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setattr(socket, "getfqdn", lambda: "vm")
+    assert helo_name(None, "example.org") == "example.org"
+    monkeypatch.setattr(socket, "getfqdn", lambda: "mail.example.net")
+    assert helo_name(None, "example.org") == "mail.example.net"
+    assert helo_name("relay.example.com", "example.org") == "relay.example.com"
+
+
+def test_quiet_prints_nothing_on_success(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, _ = smtp
+    listing = people(tmp_path, 2, "Dup;p0@example.org\n")  # a warning, also silenced
+    result = send(tpl, listing, smtp_env(controller), "--quiet")
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_plain_progress_without_a_terminal(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, _ = smtp
+    result = send(tpl, people(tmp_path, 3), smtp_env(controller))
+    assert "\x1b[" not in result.output and "\r" not in result.output
+
+
+def test_ssl_context_default_is_verifying() -> None:
+    assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED
