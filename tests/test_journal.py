@@ -1,0 +1,293 @@
+"""Campaigns safe to run from cron: journal, re-runs, crash resume, lock, status, purge."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_template, run, smtp_env, write
+from tests.smtpserver import Recorder, RecordingController
+
+Server = tuple[RecordingController, Recorder]
+
+
+@pytest.fixture
+def tpl(tmp_path: Path) -> Path:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei {{ name }}", body_txt="Hei {{ name }}\n")
+    return root
+
+
+def listing(tmp_path: Path, n: int, start: int = 0, name: str = "liste.csv") -> Path:
+    rows = "".join(f"Person {i};p{i}@example.org\n" for i in range(start, start + n))
+    return write(tmp_path / name, "navn;epost\n" + rows)
+
+
+def send(tpl: Path, path: Path, env: dict[str, str], *extra: str) -> Any:
+    return run("send", str(path), "--template", "t", "--templates-dir", str(tpl),
+               "--retry-delay", "0.05", *extra, env=env)
+
+
+def counts(handler: Recorder) -> Counter[str]:
+    return Counter(m.rcpt_tos[0] for m in handler.messages)
+
+
+def status_json(env: dict[str, str], *extra: str) -> dict[str, Any]:
+    result = run("status", "--format", "json", *extra, env=env)
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.output)
+    return data
+
+
+def test_rerun_sends_nothing_twice_and_picks_up_new_rows(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 5)
+    assert send(tpl, path, env).exit_code == 0
+    connections = handler.connections
+    again = send(tpl, path, env)
+    assert again.exit_code == 0
+    assert "sent 0" in again.output and "5 done before" in again.output
+    assert len(handler.messages) == 5
+    assert handler.connections == connections  # nothing to do: no connection at all
+    listing(tmp_path, 7)  # two rows added to the same file
+    assert send(tpl, path, env).exit_code == 0
+    assert counts(handler) == Counter({f"p{i}@example.org": 1 for i in range(7)})
+
+
+def test_two_campaigns_are_independent(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 3)
+    assert send(tpl, path, env, "--campaign", "invitasjon").exit_code == 0
+    assert send(tpl, path, env, "--campaign", "paaminnelse").exit_code == 0
+    assert send(tpl, path, env, "--campaign", "paaminnelse").exit_code == 0
+    assert counts(handler) == Counter({f"p{i}@example.org": 2 for i in range(3)})
+    table = run("status", env=env)
+    assert "invitasjon" in table.output and "paaminnelse" in table.output
+
+
+def test_permanent_failure_not_retried_unless_asked(tmp_path: Path, tpl: Path,
+                                                    smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    handler.reject["p1@example.org"] = "550 5.1.1 unknown"
+    path = listing(tmp_path, 3)
+    assert send(tpl, path, env).exit_code == 1
+    rerun = send(tpl, path, env)
+    assert rerun.exit_code == 0  # the exit code speaks of this run
+    assert len(handler.messages) == 2
+    del handler.reject["p1@example.org"]
+    assert send(tpl, path, env, "--retry-failed").exit_code == 0
+    assert counts(handler)["p1@example.org"] == 1
+
+
+def test_deferred_retried_by_the_next_run(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    handler.rcpt_codes["p0@example.org"] = ["421 4.7.0 try later"] * 2
+    path = listing(tmp_path, 2)
+    first = send(tpl, path, env, "--retries", "1")
+    assert first.exit_code == 75
+    data = status_json(env)
+    row = next(r for r in data["recipients"] if r["email"] == "p0@example.org")
+    assert row["state"] == "deferred" and row["code"] == 421
+    assert row["reply"] == "4.7.0 try later"
+    second = send(tpl, path, env)
+    assert second.exit_code == 0
+    assert counts(handler) == Counter({"p0@example.org": 1, "p1@example.org": 1})
+
+
+def test_max_messages_drips_to_the_end(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 7)
+    outputs = []
+    for _ in range(3):
+        result = send(tpl, path, env, "--max-messages", "3")
+        assert result.exit_code == 0
+        outputs.append(result.output)
+    assert "4 remain" in outputs[0] and "1 remain" in outputs[1]
+    assert "remain" not in outputs[2]
+    assert counts(handler) == Counter({f"p{i}@example.org": 1 for i in range(7)})
+
+
+def test_status_formats(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    handler.reject["p2@example.org"] = "550 5.1.1 unknown user"
+    supp = write(tmp_path / "avmeldt.txt", "p3@example.org\n")
+    send(tpl, listing(tmp_path, 4), env, "--suppress", str(supp))
+    data = status_json(env, "--campaign", "t:liste.csv")
+    assert data["campaigns"][0]["counts"] == {"queued": 0, "sending": 0, "sent": 2,
+                                              "deferred": 0, "failed": 1, "suppressed": 1}
+    failed = next(r for r in data["recipients"] if r["state"] == "failed")
+    assert failed["email"] == "p2@example.org" and failed["reply"] == "5.1.1 unknown user"
+    assert failed["attempts"] == 1 and failed["updated"]
+    csv_out = run("status", "--format", "csv", env=env).output.splitlines()
+    assert csv_out[0].startswith("campaign,email,name,line,state,attempts,code,reply")
+    assert len(csv_out) == 5
+    table = run("status", env=env).output
+    assert "t:liste.csv" in table and "suppressed" in table
+    missing = run("status", "--campaign", "nope", env=env)
+    assert missing.exit_code != 0 and "no campaign 'nope'" in missing.output
+
+
+def test_dry_run_never_touches_the_journal(tmp_path: Path, tpl: Path) -> None:
+    result = send(tpl, listing(tmp_path, 2), {"MAILER_SENDER": "a@example.org"}, "--dry-run")
+    assert result.exit_code == 0
+    assert not (tmp_path / ".mailer").exists()
+
+
+def test_files_are_owner_only_whatever_the_umask(tmp_path: Path, tpl: Path,
+                                                 smtp: Server) -> None:
+    controller, _ = smtp
+    env = smtp_env(controller, MAILER_JOURNAL=str(tmp_path / "j" / "journal.sqlite3"))
+    old = os.umask(0o022)
+    try:
+        assert send(tpl, listing(tmp_path, 2), env).exit_code == 0
+        assert send(tpl, listing(tmp_path, 2), env, "--dry-run", "--outbox", "ut").exit_code == 0
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "j") == 0o700
+    journal_files = list((tmp_path / "j").glob("journal.sqlite3*"))
+    assert journal_files
+    for path in journal_files:
+        assert mode(path) == 0o600, path
+    assert mode(tmp_path / "ut") == 0o700
+    for path in (tmp_path / "ut").iterdir():
+        assert mode(path) == 0o600, path
+
+
+def test_purge_removes_the_addresses_from_the_file(tmp_path: Path, tpl: Path,
+                                                   smtp: Server) -> None:
+    controller, _ = smtp
+    env = smtp_env(controller)
+    assert send(tpl, listing(tmp_path, 3), env, "--campaign", "gammel").exit_code == 0
+    assert send(tpl, listing(tmp_path, 1, start=10, name="b.csv"), env).exit_code == 0
+    result = run("purge", "--campaign", "gammel", env=env)
+    assert result.exit_code == 0 and "3 recipients deleted" in result.output
+    data = status_json(env)
+    assert [c["id"] for c in data["campaigns"]] == ["t:b.csv"]
+    raw = b"".join(p.read_bytes() for p in (tmp_path / ".mailer").glob("journal.sqlite3*"))
+    assert b"p0@example.org" not in raw and b"p10@example.org" in raw
+
+
+# Signals, crashes and the lock: the CLI as a real process ------------------------------
+
+def spawn(tpl: Path, path: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", "send", str(path), "--template", "t",
+         "--templates-dir", str(tpl), "--retry-delay", "0.05", *extra],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+def test_sigkill_mid_run_then_resume(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 60)
+    handler.data_delay = 0.05
+    proc = spawn(tpl, path, env, "--concurrency", "3")
+    wait_for(lambda: len(handler.messages) >= 15)
+    proc.kill()
+    proc.wait(10)
+    time.sleep(0.2)  # let the server finish what was in flight
+    first_run = len(handler.messages)
+    assert first_run < 60
+    handler.data_delay = 0
+    result = send(tpl, path, env, "--concurrency", "3")
+    assert result.exit_code == 0, result.output
+    got = counts(handler)
+    assert set(got) == {f"p{i}@example.org" for i in range(60)}  # nobody lost
+    duplicates = sum(n - 1 for n in got.values())
+    assert duplicates <= 3  # at most the messages in flight
+    ids = [m.message["Message-ID"] for m in handler.messages if got[m.rcpt_tos[0]] > 1]
+    assert len(set(ids)) == len(ids) // 2 if ids else True  # a duplicate keeps its Message-ID
+
+
+def test_sigterm_stops_gracefully_no_duplicate_on_resume(tmp_path: Path, tpl: Path,
+                                                         smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 60)
+    handler.data_delay = 0.05
+    proc = spawn(tpl, path, env, "--concurrency", "3")
+    wait_for(lambda: len(handler.messages) >= 10)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 75, out
+    assert "stopped: interrupted by SIGTERM" in out
+    assert "sent " in out
+    handler.data_delay = 0
+    result = send(tpl, path, env)
+    assert result.exit_code == 0, result.output
+    assert counts(handler) == Counter({f"p{i}@example.org": 1 for i in range(60)})
+
+
+def test_second_run_refused_by_the_lock(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 30)
+    handler.data_delay = 0.1
+    proc = spawn(tpl, path, env, "--concurrency", "1")
+    try:
+        wait_for(lambda: len(handler.messages) >= 1)
+        started = time.monotonic()
+        second = send(tpl, path, env)
+        assert time.monotonic() - started < 5  # at once, not after the first run
+        assert second.exit_code == 75
+        assert f"process {proc.pid}" in second.output
+        other = send(tpl, path, env, "--campaign", "annen", "--max-messages", "1")
+        assert other.exit_code == 0  # another campaign is not locked
+    finally:
+        proc.kill()
+        proc.wait(10)
+    handler.data_delay = 0
+    after = send(tpl, path, env)  # the lock did not outlive the killed process
+    assert after.exit_code == 0, after.output
+
+
+def test_sending_row_written_before_data(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 3)
+    handler.data_delay = 1.0
+    proc = spawn(tpl, path, env, "--concurrency", "1")
+    try:
+        journal = tmp_path / ".mailer" / "journal.sqlite3"
+        wait_for(lambda: journal.exists())
+
+        def states() -> list[str]:
+            try:
+                with sqlite3.connect(journal) as db:
+                    return [r[0] for r in db.execute("SELECT state FROM deliveries")]
+            except sqlite3.OperationalError:
+                return []
+        wait_for(lambda: "sending" in states())
+        assert handler.messages == []  # marked sending while the server still holds DATA
+    finally:
+        proc.kill()
+        proc.wait(10)
