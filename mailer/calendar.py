@@ -154,10 +154,11 @@ def load_event(folder: Path) -> Event | None:
         return Event.model_validate(data)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(p) for p in error["loc"]) or "event"
+        field = ".".join(str(p) for p in error["loc"])
         reason = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "missing":
             reason = "missing"
         elif error["type"] == "extra_forbidden":
             reason = "unknown field"
-        raise InputError(f"{path}: field '{field}': {reason}") from None
+        where = f"field '{field}': " if field else ""
+        raise InputError(f"{path}: {where}{reason}") from None

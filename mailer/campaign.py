@@ -23,7 +23,7 @@ from .recipients import Problem, Recipient, RecipientList, load_suppressions
 from .render import Rendered, TemplateSet, describe_error
 from .settings import Settings
 
-_URL = re.compile(r"(https?://|mailto:)[^\s<>\"]+\Z")
+_URL = re.compile(r"(https?://|mailto:)[!-~]{1,900}\Z")  # printable ASCII, no spaces
 
 
 @dataclass(slots=True)
@@ -138,7 +138,7 @@ class Campaign:
             raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
                               f"{describe_error(exc)} (recipient on line "
                               f"{recipient.line})") from None
-        if not _URL.match(url):
+        if not _URL.match(url) or any(c in url for c in '<>"'):
             raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: it made {url!r} for "
                               f"the recipient on line {recipient.line}, not an https://, "
                               f"http:// or mailto: URL")
@@ -173,7 +173,7 @@ class Campaign:
                 continue
             try:
                 rendered, _ = self.render(item)
-            except (TemplateError, ConfigError) as exc:
+            except TemplateError as exc:
                 text = str(exc)
                 marker = f" (recipient on line {item.line})"
                 template_errors.setdefault(text.replace(marker, ""), []).append(item.line)

@@ -152,7 +152,9 @@ class MessageFactory:
             f"Message-ID: {msgid}",
         ]
         if unsubscribe_url:
-            headers.append(encode_header("List-Unsubscribe", f"<{unsubscribe_url}>"))
+            # Printable ASCII without spaces (checked by the campaign): never folded, since
+            # a folded URL breaks in many clients.
+            headers.append(f"List-Unsubscribe: <{unsubscribe_url}>")
             if unsubscribe_url.startswith("https://"):
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         headers.extend(encode_header(k, v) for k, v in self.extra_headers)

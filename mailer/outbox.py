@@ -81,8 +81,7 @@ class Outbox:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         assert self._page is not None
-        self._page.write(self._tail.replace("__TITLE__", html.escape(self.title))
-                         .replace("__COUNT__", str(self.count)))
+        self._page.write(self._tail)
         self._page.close()
         if kind is None:
             os.replace(self._index_tmp, self.index)

@@ -1,0 +1,303 @@
+"""Invitations and newsletters: calendar, unsubscribe, suppression, languages, Markdown,
+test send, the preview page in a real browser, SpamAssassin."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import icalendar
+import pytest
+
+from tests.conftest import ROOT, SENDER, make_template, run, smtp_env, write
+from tests.smtpserver import Recorder, RecordingController
+
+Server = tuple[RecordingController, Recorder]
+ENV = {"MAILER_SENDER": SENDER}
+EXAMPLE = ROOT / "recipients" / "eksempel.csv"
+
+
+def parse(path: Path) -> EmailMessage:
+    msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def dry_run(templates: Path, template: str, listing: Path = EXAMPLE, env: dict[str, str] = ENV,
+            outbox: str = "outbox", *extra: str) -> list[EmailMessage]:
+    result = run("send", str(listing), "--template", template, "--templates-dir", str(templates),
+                 "--dry-run", "--outbox", outbox, *extra, env=env)
+    assert result.exit_code == 0, result.output
+    return [parse(p) for p in sorted(Path(outbox).glob("*.eml"))]
+
+
+def by_address(messages: list[EmailMessage]) -> dict[str, EmailMessage]:
+    return {m["To"].addresses[0].addr_spec: m for m in messages}
+
+
+def calendar_of(msg: EmailMessage) -> icalendar.Calendar:
+    parts = [p for p in msg.iter_attachments() if p.get_content_type() == "text/calendar"]
+    assert len(parts) == 1
+    assert parts[0].get_filename() == "invitasjon.ics"
+    assert parts[0].get_param("method") == "PUBLISH"
+    assert parts[0].get_content_charset() == "utf-8"
+    return icalendar.Calendar.from_ical(parts[0].get_payload(decode=True))
+
+
+# Calendar ---------------------------------------------------------------------------
+
+def test_every_invitation_carries_the_event(templates: Path) -> None:
+    messages = dry_run(templates, "invitasjon")
+    assert len(messages) == 7
+    uids = set()
+    for msg in messages:
+        assert msg.get_content_type() == "multipart/mixed"
+        body = msg.get_payload()[0]
+        assert body.get_content_type() == "multipart/alternative"
+        cal = calendar_of(msg)
+        assert str(cal["method"]) == "PUBLISH"
+        zones = [c for c in cal.walk("VTIMEZONE")]
+        assert [str(z["tzid"]) for z in zones] == ["Europe/Oslo"]
+        event = cal.walk("VEVENT")[0]
+        oslo = ZoneInfo("Europe/Oslo")
+        assert event.decoded("dtstart") == datetime(2022, 10, 27, 10, 15, tzinfo=oslo)
+        assert event.decoded("dtend") == datetime(2022, 10, 27, 11, 30, tzinfo=oslo)
+        assert str(event["summary"]) == "Felles kompetanseløft for digital transformasjon"
+        assert "Trondheim" in str(event["location"])
+        assert str(event["organizer"]) == "mailto:invitasjon@example.org"
+        assert int(event["sequence"]) == 0
+        uids.add(str(event["uid"]))
+    assert uids == {"nokios-2022-kompetanseloft@example.org"}
+    nb = by_address(messages)["kari.nordmann@example.org"]
+    assert "Torsdag 27. oktober 2022 kl. 10.15–11.30" in nb.get_body(("plain",)).get_content()
+
+
+def test_uid_without_uid_field_is_stable_across_runs(templates: Path) -> None:
+    toml = templates / "invitasjon" / "event.toml"
+    toml.write_text("\n".join(line for line in toml.read_text().splitlines()
+                              if not line.startswith(("uid", "sequence"))) + "\nsequence = 2\n")
+    first = calendar_of(dry_run(templates, "invitasjon", outbox="a")[0]).walk("VEVENT")[0]
+    second = calendar_of(dry_run(templates, "invitasjon", outbox="b")[-1]).walk("VEVENT")[0]
+    assert str(first["uid"]) == str(second["uid"])
+    assert str(first["uid"]).endswith("@example.org")
+    assert int(first["sequence"]) == 2
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("start = 2022-10-27T10:15:00", ""), "field 'start': missing"),
+    (('timezone = "Europe/Oslo"', 'timezone = "Europe/Trondheim"'), "field 'timezone': unknown"),
+    (("end = 2022-10-27T11:30:00", "end = 2022-10-27T09:00:00"), "'end' must be after 'start'"),
+    (('organizer = "Digdir <invitasjon@example.org>"', 'organizer = "Digdir"'),
+     "field 'organizer'"),
+    (("sequence = 0", "sequence = 0\ncolour = 'blue'"), "field 'colour': unknown field"),
+    (("sequence = 0", "sequence = = 0"), "event.toml: "),
+])
+def test_bad_event_exits_65_naming_the_field(templates: Path, change: tuple[str, str],
+                                             expected: str) -> None:
+    toml = templates / "invitasjon" / "event.toml"
+    text = toml.read_text()
+    assert change[0] in text
+    toml.write_text(text.replace(change[0], change[1]))
+    result = run("validate", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                 str(templates))
+    assert result.exit_code == 65
+    assert expected in result.output
+    assert "Traceback" not in result.output
+
+
+# Unsubscribe and suppression --------------------------------------------------------
+
+def test_unsubscribe_headers_and_link(templates: Path) -> None:
+    env = dict(ENV, MAILER_UNSUBSCRIBE_URL="https://example.org/avmeld?e={{ email | urlencode }}")
+    messages = by_address(dry_run(templates, "invitasjon", env=env))
+    msg = messages["ase.bjornstad@example.org"]
+    url = "https://example.org/avmeld?e=ase.bjornstad%40example.org"
+    assert msg["List-Unsubscribe"] == f"<{url}>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    html = msg.get_body(("html",)).get_content()
+    assert f'href="{url}"' in html and "Meld deg av" in html
+    assert url in msg.get_body(("plain",)).get_content()
+    env["MAILER_UNSUBSCRIBE_URL"] = "mailto:avmeld@example.org?subject={{ email }}"
+    plain = dry_run(templates, "invitasjon", env=env, outbox="m")[0]
+    assert plain["List-Unsubscribe"].startswith("<mailto:avmeld@example.org")
+    assert plain["List-Unsubscribe-Post"] is None
+    without = dry_run(templates, "invitasjon", outbox="n")[0]
+    assert without["List-Unsubscribe"] is None
+    assert "Meld deg av" not in without.get_body(("html",)).get_content()
+
+
+def test_bad_unsubscribe_setting_exit_78(templates: Path) -> None:
+    env = dict(ENV, MAILER_UNSUBSCRIBE_URL="javascript:alert({{ email }})")
+    result = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                 str(templates), "--dry-run", env=env)
+    assert result.exit_code == 78
+    assert "MAILER_UNSUBSCRIBE_URL" in result.output
+
+
+def test_suppression_in_validate_dry_run_and_send(tmp_path: Path, templates: Path,
+                                                  smtp: Server) -> None:
+    controller, handler = smtp
+    text = write(tmp_path / "avmeldt.txt", "# meldt seg av\nKari.Nordmann@example.org\n")
+    table = write(tmp_path / "bounces.csv", "e-post;grunn\nper.aeroy@example.org;bounce\n")
+    checked = run("validate", str(EXAMPLE), "--suppress", str(text), "--suppress", str(table))
+    assert checked.exit_code == 0
+    assert "2 suppressed (would be skipped)" in checked.output
+    preview = dry_run(templates, "invitasjon", EXAMPLE, ENV, "outbox", "--suppress", str(text))
+    assert "kari.nordmann@example.org" not in by_address(preview)
+    result = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                 str(templates), "--suppress", str(text), "--suppress", str(table),
+                 env=smtp_env(controller))
+    assert result.exit_code == 0, result.output
+    sent = {m.rcpt_tos[0] for m in handler.messages}
+    assert len(sent) == 5
+    assert "kari.nordmann@example.org" not in sent and "per.aeroy@example.org" not in sent
+    assert "2 suppressed" in result.output
+    with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
+        states = dict(db.execute("SELECT email, state FROM deliveries"))
+    assert states["kari.nordmann@example.org"] == "suppressed"
+    assert states["per.aeroy@example.org"] == "suppressed"
+
+
+# Languages ---------------------------------------------------------------------------
+
+def test_language_variants_and_fallback(templates: Path) -> None:
+    messages = by_address(dry_run(templates, "invitasjon"))
+    nn = messages["ase.bjornstad@example.org"]
+    en = messages["emma.larsen@example.org"]
+    nb = messages["kari.nordmann@example.org"]
+    blank = messages["hakon.overas@example.org"]  # no language: the plain (nb) files
+    assert "Venleg helsing" in nn.get_body(("plain",)).get_content()
+    assert '<html lang="nn">' in nn.get_body(("html",)).get_content()
+    assert en["Subject"].startswith("Invitation: A joint skills boost")
+    assert "27 October 2022" in en["Subject"]
+    assert '<html lang="en">' in en.get_body(("html",)).get_content()
+    assert "Vennlig hilsen" in nb.get_body(("plain",)).get_content()
+    assert '<html lang="nb">' in blank.get_body(("html",)).get_content()
+    assert nb["Subject"] == ("Invitasjon: Felles kompetanseløft for digital transformasjon – "
+                             "NOKIOS 27. oktober 2022")
+
+
+def test_validate_reports_a_language_with_no_variant_and_no_fallback(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_nb_txt="Hei", body_nb_txt="Hei\n", subject_en_txt="Hi",
+                  body_en_txt="Hi\n")
+    listing = write(tmp_path / "l.csv", "email;lang\na@example.org;nb\nb@example.org;de\n"
+                                        "c@example.org;en\n")
+    result = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
+    assert result.exit_code == 65
+    assert "no variant for language 'de' and no fallback (recipient on line 3)" in result.output
+
+
+# Newsletters -------------------------------------------------------------------------
+
+def test_markdown_newsletter_in_the_layout_with_css_inlined(templates: Path) -> None:
+    env = dict(ENV, MAILER_UNSUBSCRIBE_URL="https://example.org/avmeld?e={{ email | urlencode }}")
+    msg = dry_run(templates, "nyhetsbrev", env=env)[0]
+    html = msg.get_body(("html",)).get_content()
+    text = msg.get_body(("plain",)).get_content()
+    assert "<h2" in html and "Hva vi hørte</h2>" in html
+    assert "<li>Kompetanse er den største flaskehalsen" in html.replace('<li style="', "<li>") \
+        or "Kompetanse er den største flaskehalsen" in html
+    assert '<a href="https://example.org/nokios/kompetanseloft"' in html
+    assert "<style" not in html  # inlined
+    assert 'style="' in html and "font-family: Arial" in html
+    assert '<html lang="nb">' in html
+    assert "## Hva vi hørte" in text  # the Markdown itself is the text part
+    assert "Hei Kari Nordmann" in text
+    assert "[Meld deg av her](https://example.org/avmeld?e=kari.nordmann%40example.org)" in text
+
+
+def test_markdown_escapes_html_from_the_list(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    make_template(root, "n", subject_txt="Nytt", body_md="# Hei {{ name }}\n\nTekst.\n")
+    listing = write(tmp_path / "l.csv", "email;name\na@example.org;<img src=x onerror=alert(1)>\n")
+    msg = dry_run(root, "n", listing)[0]
+    html = msg.get_body(("html",)).get_content()
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+# Test send ---------------------------------------------------------------------------
+
+def test_test_send_goes_only_to_the_test_address(tmp_path: Path, templates: Path,
+                                                 smtp: Server) -> None:
+    controller, handler = smtp
+    result = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                 str(templates), "--test-to", "sjekk@example.net", "--test-recipient",
+                 "ase.bjornstad@example.org", env=smtp_env(controller))
+    assert result.exit_code == 0, result.output
+    assert len(handler.messages) == 1
+    got = handler.messages[0]
+    assert got.rcpt_tos == ["sjekk@example.net"]
+    msg = got.message
+    assert msg["To"].addresses[0].addr_spec == "sjekk@example.net"
+    real = by_address(dry_run(templates, "invitasjon"))["ase.bjornstad@example.org"]
+    assert msg["Subject"] == real["Subject"]
+    assert msg.get_body(("plain",)).get_content() == real.get_body(("plain",)).get_content()
+    assert not (tmp_path / ".mailer").exists()  # the journal is untouched
+    first = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                str(templates), "--test-to", "a@example.net", "--test-to", "b@example.net",
+                env=smtp_env(controller))
+    assert first.exit_code == 0
+    assert [m.rcpt_tos for m in handler.messages[1:]] == [["a@example.net"], ["b@example.net"]]
+    assert "Hei Kari Nordmann" in handler.messages[1].message.get_body(("plain",)).get_content()
+
+
+# The preview page in a real browser ------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_preview_page_in_headless_chromium(templates: Path) -> None:
+    from tests.browser import Browser
+
+    dry_run(templates, "invitasjon")
+    index = Path("outbox/index.html").resolve()
+    browser = Browser(index.as_uri())
+    try:
+        browser.wait("document.readyState === 'complete' && "
+                     "document.querySelectorAll('#rows tr').length === 7")
+        rows = browser.js("[...document.querySelectorAll('#rows tr')].map(r => r.innerText)")
+        assert any("Åse Bjørnstad" in r and "nn" in r and "invitasjon.ics" in r for r in rows)
+        # the first message is shown at once
+        assert "kari.nordmann@example.org" in browser.js(
+            "document.getElementById('m-to').textContent")
+        browser.click('#rows tr[data-i="6"]')  # Emma Larsen, English
+        browser.wait("document.getElementById('m-to').textContent.includes('emma.larsen')")
+        assert browser.js("document.getElementById('m-subject').textContent").startswith(
+            "Invitation: A joint skills boost")
+        srcdoc = browser.js("document.getElementById('html').srcdoc")
+        assert '<html lang="en">' in srcdoc and "Dear Emma Larsen" in srcdoc
+        assert browser.js("document.getElementById('html').getAttribute('sandbox')") == ""
+        assert browser.js("document.querySelector('#rows tr[data-i=\"6\"]')"
+                          ".getAttribute('aria-selected')") == "true"
+        browser.click("#show-text")
+        browser.wait("!document.getElementById('text').hidden")
+        text = browser.js("document.getElementById('text').textContent")
+        assert "Dear Emma Larsen" in text and "<p>" not in text
+        assert browser.js("document.getElementById('html').hidden") is True
+    finally:
+        browser.close()
+
+
+# Spam filters ----------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("spamassassin") is None, reason="spamassassin is not installed")
+@pytest.mark.parametrize("template", ["invitasjon", "nyhetsbrev"])
+def test_shipped_messages_score_below_1_in_spamassassin(templates: Path, template: str) -> None:
+    env = dict(ENV, MAILER_UNSUBSCRIBE_URL="https://example.org/avmeld?e={{ email | urlencode }}")
+    dry_run(templates, template, env=env)
+    scores: dict[str, Any] = {}
+    for path in sorted(Path("outbox").glob("*.eml")):
+        out = subprocess.run(["spamassassin", "-L", "-t"], input=path.read_bytes(),
+                             capture_output=True, check=False, timeout=120
+                             ).stdout.decode("utf-8", "replace")
+        header = next(line for line in out.splitlines() if line.startswith("X-Spam-Status:"))
+        score = float(header.split("score=")[1].split()[0])
+        scores[path.name] = score
+    assert len(scores) == 7
+    assert max(scores.values()) < 1.0, scores
