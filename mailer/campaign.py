@@ -23,6 +23,7 @@ from .recipients import Problem, Recipient, RecipientList, load_suppressions
 from .render import Rendered, TemplateSet, describe_error
 from .settings import Settings
 
+Share = tuple[int, int]  # (k, n): the k-th of n parts of a list, see Campaign.recipients
 _URL = re.compile(r"(https?://|mailto:)[!-~]{1,900}\Z")  # printable ASCII, no spaces
 
 
@@ -52,13 +53,37 @@ class Report:
     rows: int = 0
     recipients: int = 0
     suppressed: int = 0
-    errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # errors in the list itself
     warnings: list[str] = field(default_factory=list)
     languages: dict[str, int] = field(default_factory=dict)
+    # a template error (without the recipient line) → the list lines it happened on
+    template_errors: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[str]:
+        """Every error, one line each; a template error is named once with its first line."""
+        found = list(self.problems)
+        for text, lines in self.template_errors.items():
+            lines = sorted(lines)
+            more = f"; and {len(lines) - 1} more" if len(lines) > 1 else ""
+            found.append(f"{text} (recipient on line {lines[0]}{more})")
+        return found
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.problems and not self.template_errors
+
+    def merge(self, other: Report) -> None:
+        """Add the findings of another share of the same list (see Campaign.check)."""
+        self.rows += other.rows
+        self.recipients += other.recipients
+        self.suppressed += other.suppressed
+        self.problems += other.problems
+        self.warnings += other.warnings
+        for lang, count in other.languages.items():
+            self.languages[lang] = self.languages.get(lang, 0) + count
+        for text, lines in other.template_errors.items():
+            self.template_errors.setdefault(text, []).extend(lines)
 
     def summary(self) -> str:
         def n(count: int, word: str) -> str:
@@ -122,11 +147,19 @@ class Campaign:
 
     # Streaming the list ---------------------------------------------------------------
 
-    def recipients(self) -> Iterator[tuple[Recipient, bool]]:
-        """Every valid unique recipient with whether it is suppressed (call after check)."""
+    def recipients(self, share: Share = (0, 1)) -> Iterator[tuple[Recipient, bool]]:
+        """Every valid unique recipient with whether it is suppressed (call after check).
+
+        ``share`` (k, n) yields only every n-th recipient from the k-th on: n processes
+        with k = 0..n-1 split the list between them, each reading the whole file (so
+        duplicates are still found) but rendering only its own part."""
+        k, n = share
+        ordinal = -1
         for item in self.listing.scan():
             if isinstance(item, Recipient):
-                yield item, item.address.key in self.suppressed
+                ordinal += 1
+                if ordinal % n == k:
+                    yield item, item.address.key in self.suppressed
 
     def unsubscribe_url(self, recipient: Recipient, lang: str = "") -> str | None:
         if self._unsubscribe is None or self.templates is None:
@@ -150,40 +183,46 @@ class Campaign:
         extra = {"unsubscribe_url": url} if url is not None else {}
         return self.templates.render(recipient, extra), url
 
-    def check(self, *, render: bool = True) -> Report:
-        """Validate the whole list and (with a template) render every message once."""
+    def check(self, share: Share = (0, 1)) -> Report:
+        """Validate the whole list and (with a template) render every message once.
+
+        With ``share`` (k, n), only share k renders its recipients, and only share 0
+        reports on the list itself: the n reports merged are the report of the whole."""
+        k, n = share
         report = Report(self.listing.display)
-        template_errors: dict[str, list[int]] = {}
         missing: list[str] = []
         first = True
+        ordinal = -1
         for item in self.listing.scan():
-            if first and self.templates is not None:
-                missing = self.templates.missing_variables(self.listing.headers)
-                report.errors.extend(missing)
+            if first:
                 first = False
-            report.rows += 1
+                if self.templates is not None:
+                    missing = self.templates.missing_variables(self.listing.headers)
+                    if k == 0:
+                        report.problems.extend(missing)
             if isinstance(item, Problem):
-                (report.warnings if item.warning else report.errors).append(str(item))
+                if k == 0:
+                    report.rows += 1
+                    (report.warnings if item.warning else report.problems).append(str(item))
                 continue
-            report.recipients += 1
+            ordinal += 1
+            if k == 0:
+                report.rows += 1
+                report.recipients += 1
             if item.address.key in self.suppressed:
-                report.suppressed += 1
+                report.suppressed += k == 0
                 continue
-            if self.templates is None or not render or missing:
+            if self.templates is None or missing or ordinal % n != k:
                 continue
             try:
                 rendered, _ = self.render(item)
             except TemplateError as exc:
-                text = str(exc)
-                marker = f" (recipient on line {item.line})"
-                template_errors.setdefault(text.replace(marker, ""), []).append(item.line)
+                text = str(exc).replace(f" (recipient on line {item.line})", "")
+                report.template_errors.setdefault(text, []).append(item.line)
                 continue
             report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
-        if first and self.templates is not None:
-            report.errors.extend(self.templates.missing_variables(self.listing.headers))
-        for text, lines in template_errors.items():
-            more = f"; and {len(lines) - 1} more" if len(lines) > 1 else ""
-            report.errors.append(f"{text} (recipient on line {lines[0]}{more})")
+        if first and self.templates is not None and k == 0:
+            report.problems.extend(self.templates.missing_variables(self.listing.headers))
         return report
 
     def build(self, recipient: Recipient, *, keep_rendered: bool = False,

@@ -133,6 +133,9 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="First retry delay, doubled each time, plus jitter [default 2].")
 @click.option("--max-messages", type=click.IntRange(1), metavar="N",
               help="Send at most N messages in this run, then stop (exit 0).")
+@click.option("--processes", type=click.IntRange(0, 16), metavar="N",
+              help="Worker processes for rendering and sending [MAILER_PROCESSES, default 0: "
+                   "two for long lists on a multi-core machine].")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
 @click.option("--test-to", multiple=True, metavar="ADDRESS",
               help="Send one recipient's message only to ADDRESS (repeatable); "
@@ -145,8 +148,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
          variables: dict[str, str], suppress: tuple[Path, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
-         max_messages: int | None, retry_failed: bool, test_to: tuple[str, ...],
-         test_recipient: str | None, quiet: bool) -> None:
+         max_messages: int | None, processes: int | None, retry_failed: bool,
+         test_to: tuple[str, ...], test_recipient: str | None, quiet: bool) -> None:
     """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
 
     The whole list is checked and every message rendered before anything is written
@@ -161,7 +164,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
         raise click.UsageError("--test-recipient goes with --test-to")
     settings = load_settings(templates_dir=templates_dir, journal=journal,
                              concurrency=concurrency, rate_limit=rate_limit,
-                             retries=retries, retry_delay=retry_delay)
+                             retries=retries, retry_delay=retry_delay,
+                             processes=processes)
     campaign = Campaign(settings, recipients, template, variables=variables,
                         suppress=suppress, campaign_id=campaign_id)
     reporter = Reporter(quiet=quiet)

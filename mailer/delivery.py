@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .address import Mailbox, check_address
-from .campaign import Campaign, Job
+from .campaign import Campaign, Job, Share
 from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, InputError
 from .journal import CampaignLock, Journal
 from .outbox import Outbox
+from .parallel import fork_map
 from .recipients import Recipient
 from .report import Reporter
-from .sender import Delivery, NullRecorder, Recorder, SmtpConfig, Stats
+from .sender import Delivery, NullRecorder, Outcome, Recorder, SmtpConfig, Stats
+
+OutcomeHook = Callable[[Job, Outcome, int | None, str], None]
 
 
 @dataclass
@@ -44,17 +49,58 @@ class Result:
         return EXIT_OK
 
 
+PARALLEL_CHECK_BYTES = 256 * 1024  # lists smaller than this are checked in one process
+PARALLEL_SEND_MESSAGES = 2000  # fewer messages than this are sent from one process
+
+
+def check_processes(campaign: Campaign) -> int:
+    """How many processes render the check pass: two for a long list on two cores."""
+    wanted = campaign.settings.processes
+    if wanted:
+        return wanted
+    if campaign.templates is None or (os.cpu_count() or 1) < 2:
+        return 1
+    try:
+        size = campaign.listing.path.stat().st_size
+    except OSError:
+        return 1
+    return 2 if size >= PARALLEL_CHECK_BYTES else 1
+
+
+def send_processes(campaign: Campaign, options: SendOptions, todo: int) -> int:
+    """How many processes send: one per core (at most two) for a long unthrottled run.
+
+    A rate limit or --max-messages keeps one process: the limit is then the bottleneck,
+    and one process keeps its spacing and count exact."""
+    wanted = campaign.settings.processes or 0
+    if options.rate is not None or options.max_messages is not None:
+        return 1
+    if not wanted:
+        if todo < PARALLEL_SEND_MESSAGES or (os.cpu_count() or 1) < 2:
+            return 1
+        wanted = 2
+    return max(1, min(wanted, options.concurrency))
+
+
 def check_or_fail(campaign: Campaign, reporter: Reporter) -> None:
     """Validate the list and render every message; InputError (65) on any error."""
-    report = campaign.check()
+    n = check_processes(campaign)
+    if n == 1:
+        report = campaign.check()
+    else:
+        parts = fork_map(lambda k: campaign.check((k, n)), n)
+        report = parts[0]
+        for part in parts[1:]:
+            report.merge(part)
     if not reporter.quiet:
         for warning in report.warnings:
             reporter.line(warning)
     if not report.ok:
-        for error in report.errors[:-1]:
+        errors = report.errors
+        for error in errors[:-1]:
             reporter.line(error)
-        more = f" ({len(report.errors)} errors; nothing was sent)"
-        raise InputError(report.errors[-1] + more)
+        more = f" ({len(errors)} errors; nothing was sent)"
+        raise InputError(errors[-1] + more)
 
 
 def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter) -> Outbox:
@@ -91,7 +137,6 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
          reporter: Reporter) -> Result:
     """Deliver every message not yet delivered in this campaign."""
     assert campaign.sender is not None and campaign.template is not None
-    config = SmtpConfig.from_settings(campaign.settings, campaign.sender.domain)
     with CampaignLock(journal_path, campaign.id):
         check_or_fail(campaign, reporter)
         with Journal(journal_path) as journal:
@@ -99,25 +144,77 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                          ((r.address.key, r.email, r.name, r.line, s)
                           for r, s in campaign.recipients()))
             before = journal.counts(campaign.id)[campaign.id]
-            result = Result(Stats(), skipped=before["sent"], suppressed=before["suppressed"])
-            if not options.retry_failed:
-                result.skipped += before["failed"]
             todo = journal.remaining(campaign.id, options.retry_failed)
-            if todo:
-                jobs = (campaign.build(recipient)
-                        for recipient, suppressed in campaign.recipients()
-                        if not suppressed and journal.to_send(
-                            campaign.id, recipient.address.key, options.retry_failed))
-                delivery = _delivery(config, journal.recorder(campaign.id), options, reporter)
-                reporter.start(min(todo, options.max_messages or todo))
-                try:
-                    result.stats = _run_loop(delivery, jobs)
-                finally:
-                    reporter.stop()
+        result = Result(Stats(), skipped=before["sent"], suppressed=before["suppressed"])
+        if not options.retry_failed:
+            result.skipped += before["failed"]
+        if todo:
+            n = send_processes(campaign, options, todo)
+            reporter.start(min(todo, options.max_messages or todo))
+            try:
+                if n == 1:
+                    result.stats = _send_share(campaign, journal_path, options, (0, 1),
+                                               options.concurrency, reporter.outcome)
+                else:
+                    result.stats = _send_parallel(campaign, journal_path, options, n, reporter)
+            finally:
+                reporter.stop()
+            with Journal(journal_path) as journal:
                 result.remaining = journal.remaining(campaign.id, options.retry_failed)
     reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
                      remaining=result.remaining, failed=result.exit_code != EXIT_OK)
     return result
+
+
+def _send_share(campaign: Campaign, journal_path: Path, options: SendOptions, share: Share,
+                concurrency: int, on_outcome: OutcomeHook) -> Stats:
+    """Send one share of the list over ``concurrency`` connections, in this process."""
+    assert campaign.sender is not None
+    config = SmtpConfig.from_settings(campaign.settings, campaign.sender.domain)
+    with Journal(journal_path) as journal:
+        jobs = (campaign.build(recipient)
+                for recipient, suppressed in campaign.recipients(share)
+                if not suppressed and journal.to_send(
+                    campaign.id, recipient.address.key, options.retry_failed))
+        delivery = Delivery(config, journal.recorder(campaign.id), concurrency=concurrency,
+                            rate=options.rate, retries=options.retries,
+                            retry_delay=options.retry_delay, max_messages=options.max_messages,
+                            on_outcome=on_outcome)
+        return _run_loop(delivery, jobs)
+
+
+def _send_parallel(campaign: Campaign, journal_path: Path, options: SendOptions, n: int,
+                   reporter: Reporter) -> Stats:
+    """Split the list and the connections over n forked processes; merge their Stats.
+
+    Each child counts its outcomes in its own slots of a shared array, which the parent
+    reads for the progress display."""
+    counts = multiprocessing.get_context("fork").RawArray("q", 3 * n)
+    order = (Outcome.SENT, Outcome.FAILED, Outcome.DEFERRED)
+
+    def child(k: int) -> Stats:
+        def count(job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
+            counts[3 * k + order.index(outcome)] += 1
+
+        share_of_connections = options.concurrency // n + (k < options.concurrency % n)
+        return _send_share(campaign, journal_path, options, (k, n), share_of_connections,
+                           count)
+
+    def tick() -> None:
+        reporter.counts_are(*(sum(counts[i::3]) for i in range(3)))
+
+    parts = fork_map(child, n, tick=tick, forward_signals=True)
+    tick()
+    total = Stats()
+    for part in parts:
+        total.sent += part.sent
+        total.failed += part.failed
+        total.deferred += part.deferred
+        total.connections += part.connections
+        total.retried += part.retried
+        total.rejected += part.rejected
+        total.stopped = total.stopped or part.stopped
+    return total
 
 
 def _delivery(config: SmtpConfig, recorder: Recorder, options: SendOptions,

@@ -2,14 +2,16 @@
 
 States: queued → sending → sent | deferred | failed, and queued → suppressed.
 ``sending`` is committed before DATA; ``sent`` after the server's 250. Results are
-committed together with the worker's next ``sending`` mark (group commit): a worker
-never starts another DATA before its previous result is durable, so after a SIGKILL at
-most one message per connection can have arrived without being recorded as sent.
+committed together with the worker's next ``sending`` mark, and marks of workers that
+get there together share a transaction (group commit): a worker never starts another
+DATA before its previous result is durable, so after a SIGKILL at most one message per
+connection can have arrived without being recorded as sent.
 WAL mode with synchronous=NORMAL: a commit survives the process being killed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -97,9 +99,8 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path}: not a usable journal: {exc}") from None
         self._protect()
-        self._pending: list[tuple[Any, ...]] = []
-        self._pending_sql = ("UPDATE deliveries SET state = ?, code = ?, reply = ?, updated = ?"
-                             " WHERE campaign = ? AND key = ?")
+        self._results: list[tuple[Any, ...]] = []
+        self._sending: list[tuple[Any, ...]] = []
 
     def _protect(self) -> None:
         """The WAL and shared-memory files hold the same personal data: owner only."""
@@ -220,46 +221,79 @@ class Journal:
 
     # Writes during a run (group commit) ----------------------------------------------
 
-    def _commit(self, extra: tuple[str, tuple[Any, ...]] | None = None) -> None:
-        if not self._pending and extra is None:
+    def queue_result(self, campaign: str, key: str, state: str, code: int | None,
+                     reply: str) -> None:
+        self._results.append((state, code, reply[:500], _now(), campaign, key))
+
+    def queue_sending(self, campaign: str, key: str, message_id: str) -> None:
+        self._sending.append((message_id, _now(), campaign, key))
+
+    def flush(self) -> None:
+        """Commit every queued change in one transaction (results before sending marks,
+        so a retried message ends as 'sending')."""
+        if not self._results and not self._sending:
             return
         self.db.execute("BEGIN")
         try:
-            if self._pending:
-                self.db.executemany(self._pending_sql, self._pending)
-            if extra is not None:
-                self.db.execute(*extra)
+            if self._results:
+                self.db.executemany(
+                    "UPDATE deliveries SET state = ?, code = ?, reply = ?, updated = ? "
+                    "WHERE campaign = ? AND key = ?", self._results)
+            if self._sending:
+                self.db.executemany(
+                    "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, "
+                    "message_id = ?, updated = ? WHERE campaign = ? AND key = ?", self._sending)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
-        self._pending.clear()
-
-    def flush(self) -> None:
-        self._commit()
+        self._results.clear()
+        self._sending.clear()
 
 
 class JournalRecorder:
-    """The sender's Recorder: results are queued and committed with the next ``sending``."""
+    """The sender's Recorder, with group commit.
+
+    A worker's ``sending()`` returns once its mark, and every result queued before it, is
+    committed; marks from workers that get there in the same turn of the event loop share
+    one transaction. Since a worker's previous result is queued before its next mark, no
+    worker starts a DATA while its last 250 is unrecorded: after a SIGKILL at most one
+    delivered-but-unrecorded message per connection.
+    """
 
     def __init__(self, journal: Journal, campaign: str) -> None:
         self.journal = journal
         self.campaign = campaign
+        self._waiters: list[asyncio.Future[None]] = []
 
-    def sending(self, job: Job) -> None:
-        self.journal._commit((
-            "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, "
-            "message_id = ?, updated = ? WHERE campaign = ? AND key = ?",
-            (job.message_id, _now(), self.campaign, job.key)))
+    async def sending(self, job: Job) -> None:
+        self.journal.queue_sending(self.campaign, job.key, job.message_id)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self._waiters:
+            loop.call_soon(self._commit)
+        self._waiters.append(waiter)
+        await waiter
+
+    def _commit(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        try:
+            self.journal.flush()
+        except sqlite3.Error as exc:
+            error = TemporaryError(f"{self.journal.path}: cannot write the journal: {exc}")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def result(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
-        self.journal._pending.append((outcome.value, code, reply[:500], _now(),
-                                      self.campaign, job.key))
-        if len(self.journal._pending) >= 256:
-            self.journal._commit()
+        self.journal.queue_result(self.campaign, job.key, outcome.value, code, reply)
 
     def flush(self) -> None:
-        self.journal._commit()
+        self.journal.flush()
 
 
 class CampaignLock:

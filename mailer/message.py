@@ -17,9 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.header import Header
 from email.utils import formataddr, formatdate
-from functools import lru_cache
 
 from .address import Mailbox
 from .render import Rendered
@@ -69,16 +67,67 @@ def _qp(text: str) -> str:
         .replace("\n", CRLF)
 
 
-@lru_cache(maxsize=4096)
+# RFC 2047 "Q" encoding, restricted to the characters allowed in a phrase (section 5(3)), so
+# the same words serve in Subject and in display names. "_" stands for a space.
+_Q_UNSAFE = re.compile(r"[^A-Za-z0-9!*+\-/ ]")
+_Q_OVERHEAD = len("=?utf-8?q??=")
+
+
+def _q_sub(match: re.Match[str]) -> str:
+    return "".join(f"={b:02X}" for b in match.group().encode("utf-8"))
+
+
+def encoded_words(text: str, first_room: int) -> str:
+    """``text`` as RFC 2047 encoded words, folded so that no line passes 76 characters.
+
+    The text is encoded at once, then cut: never inside an ``=XX``, never between the
+    bytes of one character (before a UTF-8 continuation byte ``=8X``..``=BX``), and after a
+    space where there is one late enough (some parsers keep the folding space between
+    words). ``first_room`` is what the first line has left after the field name."""
+    encoded = _Q_UNSAFE.sub(_q_sub, text).replace(" ", "_")
+    room = max(first_room - _Q_OVERHEAD, 12)
+    words: list[str] = []
+    while len(encoded) > room:
+        cut = room
+        if encoded[cut - 1] == "=":
+            cut -= 1
+        elif encoded[cut - 2] == "=":
+            cut -= 2
+        while encoded[cut] == "=" and encoded[cut + 1] in "89AB":
+            cut -= 3
+        space = encoded.rfind("_", 0, cut)
+        if space >= cut // 2:
+            cut = space + 1
+        words.append(encoded[:cut])
+        encoded = encoded[cut:]
+        room = 75 - _Q_OVERHEAD
+    words.append(encoded)
+    return f"{CRLF} ".join(f"=?utf-8?q?{word}?=" for word in words)
+
+
+def _fold_ascii(name: str, value: str) -> str:
+    """Fold a long ASCII value at spaces (RFC 5322 2.2.3); words are never broken."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > 78 and line.strip() and not line.endswith(":"):
+            lines.append(line)
+            line = ""
+        line += f" {word}"
+    lines.append(line)
+    return CRLF.join(lines)
+
+
 def encode_header(name: str, value: str) -> str:
     """``Name: value`` ready for the wire: 7-bit, folded, with no way for the value to
     start a new header (line breaks and control characters become spaces)."""
     value = _UNSAFE_HEADER.sub(" ", value)
-    if _PRINTABLE_ASCII.match(value) and len(name) + len(value) < 76 and "=?" not in value:
-        return f"{name}: {value}"
-    encoded = Header(value, "utf-8" if not value.isascii() or "=?" in value else "us-ascii",
-                     header_name=name).encode(linesep=CRLF)
-    return f"{name}: {encoded}"
+    if _PRINTABLE_ASCII.match(value) and "=?" not in value:
+        if len(name) + len(value) < 77:
+            return f"{name}: {value}"
+        if max(len(word) for word in value.split(" ")) < 70:
+            return _fold_ascii(name, value)
+    return f"{name}: {encoded_words(value, 76 - len(name) - 2)}"
 
 
 def address_header(field_name: str, mailbox: Mailbox) -> str:
@@ -91,11 +140,9 @@ def address_header(field_name: str, mailbox: Mailbox) -> str:
         line = f"{field_name}: {formataddr((name, address))}"
         if len(line) <= 78:
             return line
-        quoted = formataddr((name, address)).rpartition(" <")[0]
-        folded = Header(quoted, "us-ascii", header_name=field_name).encode(linesep=CRLF)
-        return f"{field_name}: {folded} <{address}>"
-    encoded = Header(name, "utf-8", header_name=field_name).encode(linesep=CRLF)
-    return f"{field_name}: {encoded} <{address}>"
+        return f"{_fold_ascii(field_name, formataddr((name, address)).rpartition(' <')[0])}" \
+               f" <{address}>"
+    return f"{field_name}: {encoded_words(name, 76 - len(field_name) - 2)} <{address}>"
 
 
 class _DateCache:

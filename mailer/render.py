@@ -151,6 +151,7 @@ class TemplateSet:
         self.variables = dict(variables)
         self.extra = dict(extra)  # per-run values shared by all recipients (event, ...)
         self.variants = self._discover()
+        self._globals = dict(self.env.globals)
         self._compiled: dict[str, jinja2.Template] = {}
         for variant in self.variants.values():
             for template_name in variant.files.values():
@@ -258,9 +259,21 @@ class TemplateSet:
         return MarkdownIt("commonmark", {"html": False, "typographer": True}) \
             .enable(["table", "strikethrough"]).render
 
+    def _call(self, name: str, ctx: dict[str, Any]) -> str:
+        """Template.render() without its per-call merge of the globals (a ChainMap, slow to
+        copy): the context already holds them. Errors get Jinja's traceback rewrite, so
+        they point at template lines."""
+        template = self._compiled[name]
+        try:
+            return self.env.concat(
+                template.root_render_func(template.new_context(ctx, shared=True)))
+        except Exception:
+            self.env.handle_exception()
+
     def context(self, recipient: Recipient, lang: str) -> dict[str, Any]:
         fields = recipient.fields
-        ctx: dict[str, Any] = {k: v for k, v in fields.items() if _top_level(k)}
+        ctx: dict[str, Any] = dict(self._globals)
+        ctx.update((k, v) for k, v in fields.items() if _top_level(k))
         ctx.update(self.extra)
         ctx.update(recipient=fields, email=recipient.email, name=recipient.name,
                    language=recipient.language, lang=lang)
@@ -280,24 +293,24 @@ class TemplateSet:
         files = variant.files
         current = files["subject"]
         try:
-            subject = _SPACE.sub(" ", self._compiled[current].render(ctx)).strip()
+            subject = _SPACE.sub(" ", self._call(current, ctx)).strip()
             text = html = None
             if "markdown" in files:
                 current = files["markdown"]
-                text = self._compiled[current].render(ctx)
+                text = self._call(current, ctx)
                 content = Markup(self._markdown(text))  # noqa: S704 - escaped by markdown-it
                 if "html" in files:
                     current = files["html"]
-                    html = self._compiled[current].render(ctx, content=content)
+                    html = self._call(current, dict(ctx, content=content))
                 else:
                     html = _default_layout(subject, content, lang)
             else:
                 if "text" in files:
                     current = files["text"]
-                    text = self._compiled[current].render(ctx)
+                    text = self._call(current, ctx)
                 if "html" in files:
                     current = files["html"]
-                    html = self._compiled[current].render(ctx)
+                    html = self._call(current, ctx)
             if html is not None:
                 html = inline_css(html)
                 if text is None:

@@ -51,13 +51,23 @@ class Reporter:
             self._progress.start()
 
     def outcome(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
+        """One message has its outcome (in-process sending)."""
         self.done += 1
         self.counts[outcome] += 1
+        if self.done % 16 == 0 or self.done == self.total or outcome is not Outcome.SENT:
+            self._refresh()
+
+    def counts_are(self, sent: int, failed: int, deferred: int) -> None:
+        """The outcomes so far (sending in worker processes)."""
+        self.counts = {Outcome.SENT: sent, Outcome.FAILED: failed, Outcome.DEFERRED: deferred}
+        self.done = sent + failed + deferred
+        self._refresh()
+
+    def _refresh(self) -> None:
         now = time.monotonic()
         if self._progress is not None:
-            if self.done % 16 == 0 or self.done == self.total or outcome is not Outcome.SENT:
-                self._progress.update(self._task, completed=self.done, counts=self._counts(),
-                                      rate=self._rate(now))
+            self._progress.update(self._task, completed=self.done, counts=self._counts(),
+                                  rate=self._rate(now))
         elif not self.quiet and now - self._last_line >= PLAIN_EVERY:
             self._last_line = now
             self.line(f"progress: {self.done}/{self.total}, {self._counts()}, {self._rate(now)}")

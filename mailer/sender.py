@@ -24,7 +24,7 @@ import aiosmtplib
 from pydantic import SecretStr
 
 from .campaign import Job
-from .errors import ConfigError, TemporaryError
+from .errors import ConfigError, MailerError, TemporaryError
 from .ratelimit import RateLimiter
 from .settings import Settings
 
@@ -38,7 +38,7 @@ class Outcome(StrEnum):
 class Recorder(Protocol):
     """Where outcomes go (the journal); called from the event loop only."""
 
-    def sending(self, job: Job) -> None: ...
+    async def sending(self, job: Job) -> None: ...
 
     def result(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None: ...
 
@@ -48,7 +48,7 @@ class Recorder(Protocol):
 class NullRecorder:
     """For a test send: the journal is left alone."""
 
-    def sending(self, job: Job) -> None:
+    async def sending(self, job: Job) -> None:
         pass
 
     def result(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
@@ -327,14 +327,20 @@ class Delivery:
                     used = 0
                     self._open += 1
                     self.stats.connections += 1
-                smtp, used = await self._send(smtp, used, job)
+                try:
+                    smtp, used = await self._send(smtp, used, job)
+                except MailerError as exc:  # the journal cannot be written: stop at once
+                    self._fatal = exc
+                    self._release(job)
+                    self.stop(str(exc))
+                    return
         finally:
             if smtp is not None:
                 await self._close(smtp)
 
     async def _send(self, smtp: aiosmtplib.SMTP, used: int, job: Job
                     ) -> tuple[aiosmtplib.SMTP | None, int]:
-        self.recorder.sending(job)
+        await self.recorder.sending(job)
         try:
             _, reply = await smtp.sendmail(job.envelope_from, [job.envelope_to], job.data)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

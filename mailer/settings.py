@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     retry_delay: float = Field(2.0, ge=0)
     unsubscribe_url: str | None = None
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
+    processes: int = Field(0, ge=0, le=16)  # 0: automatic (two for long lists on two cores)
 
     @field_validator("smtp_security", mode="before")
     @classmethod

@@ -143,3 +143,40 @@ def test_suppression_files_text_and_csv(tmp_path: Path) -> None:
     table = write(tmp_path / "bounces.csv", "E-post;dato\nper@example.org;2022-10-01\n")
     found = load_suppressions([text, table])
     assert found == {"ola@example.org", "kari@example.org", "per@example.org"}
+
+
+# Header encoding (the fast RFC 2047 writer) against the email package's parser ----------
+
+@pytest.mark.parametrize("value", [
+    "Hei", "Invitasjon: Felles kompetanseløft for digital transformasjon – NOKIOS 27. oktober",
+    "ÆØÅ æøå " * 20, "=?utf-8?q?not_a_word?=", "emoji 🎉 og 中文 blandet med ascii " * 3,
+    "a" * 200, "ord " * 60, "Tab\there", "under_score and (paren) \"quote\" ?=",
+])
+def test_headers_round_trip_7bit_and_short_lines(value: str) -> None:
+    from email import message_from_string, policy
+
+    from mailer.message import encode_header
+
+    line = encode_header("Subject", value)
+    assert line.isascii()
+    assert all(len(part) <= 78 for part in line.split("\r\n"))
+    parsed = message_from_string(line + "\r\n\r\n", policy=policy.default)
+    expected = " ".join(value.replace("\t", " ").split())
+    assert " ".join(str(parsed["Subject"]).split()) == expected
+
+
+@pytest.mark.parametrize("name", ["Åse Bjørnstad", "Nordmann, Ola", "Ødegård-Æsøy " * 8,
+                                  "Ola \"Sjefen\" Nordmann", "=?utf-8?q?x?="])
+def test_display_names_round_trip(name: str) -> None:
+    from email import message_from_string, policy
+
+    from mailer.address import Mailbox, check_address
+    from mailer.message import address_header
+
+    line = address_header("To", Mailbox(name, check_address("ola@example.org")))
+    assert line.isascii()
+    assert all(len(part) <= 78 for part in line.split("\r\n"))
+    parsed = message_from_string(line + "\r\n\r\n", policy=policy.default)
+    address = parsed["To"].addresses[0]
+    assert " ".join(address.display_name.split()) == " ".join(name.split())
+    assert address.addr_spec == "ola@example.org"
