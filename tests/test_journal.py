@@ -291,3 +291,99 @@ def test_sending_row_written_before_data(tmp_path: Path, tpl: Path, smtp: Server
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# The same guarantees with the list split over two worker processes --------------------
+
+TWO = {"MAILER_PROCESSES": "2"}
+
+
+def test_two_processes_send_each_once_and_rerun_sends_nothing(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, **TWO)
+    handler.reject["p5@example.org"] = "550 5.1.1 unknown"
+    path = listing(tmp_path, 50)
+    first = send(tpl, path, env, "--concurrency", "4")
+    assert first.exit_code == 1
+    assert "rejected: p5@example.org: 550 5.1.1 unknown" in first.output
+    assert "sent 49, failed 1 (permanent), deferred 0" in first.output
+    assert handler.max_active <= 4
+    assert send(tpl, path, env).exit_code == 0
+    got = counts(handler)
+    assert got == Counter({f"p{i}@example.org": 1 for i in range(50) if i != 5})
+    assert status_json(env)["campaigns"][0]["counts"]["sent"] == 49
+
+
+def test_two_processes_deferred_exit_75(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.rcpt_codes["p3@example.org"] = ["451 4.3.0 later"] * 5
+    result = send(tpl, listing(tmp_path, 20), smtp_env(controller, **TWO), "--retries", "1")
+    assert result.exit_code == 75
+    assert "sent 19, failed 0 (permanent), deferred 1 (temporary)" in result.output
+
+
+def test_two_processes_server_down_exit_75(tmp_path: Path, tpl: Path) -> None:
+    from tests.smtpserver import free_port
+
+    env = smtp_env(type("C", (), {"port": free_port()})(), **TWO)
+    result = send(tpl, listing(tmp_path, 20), env)
+    assert result.exit_code == 75
+    assert "cannot reach SMTP server" in result.output
+
+
+def test_two_processes_check_reports_each_problem_once(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei", body_txt="{{ recipient['x'] | int // 1 }}\n"
+                                                          "{{ 1 // (recipient['x'] | int) }}\n")
+    rows = "".join(f"p{i}@example.org;{0 if i % 3 == 0 else 1}\n" for i in range(30))
+    path = write(tmp_path / "l.csv", "email;x\n" + rows + "bad;1\np1@example.org;1\n")
+    result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
+                 "--dry-run", env={"MAILER_SENDER": "a@example.org", **TWO})
+    assert result.exit_code == 65
+    lines = result.output.splitlines()
+    assert sum("invalid address 'bad'" in line for line in lines) == 1
+    assert sum("duplicate address p1@example.org" in line for line in lines) == 1
+    division = [line for line in lines if "ZeroDivisionError" in line]
+    assert len(division) == 1
+    assert f"{root}/t/body.txt.j2:2: ZeroDivisionError" in division[0]
+    assert "(recipient on line 2; and 9 more)" in division[0]
+
+
+def test_two_processes_sigkill_leaves_no_orphan_and_resume(tmp_path: Path, tpl: Path,
+                                                          smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, **TWO)
+    path = listing(tmp_path, 80)
+    handler.data_delay = 0.05
+    proc = spawn(tpl, path, env, "--concurrency", "4")
+    wait_for(lambda: len(handler.messages) >= 20)
+    proc.kill()
+    proc.wait(10)
+    time.sleep(0.5)
+    settled = len(handler.messages)
+    time.sleep(0.5)
+    assert len(handler.messages) == settled  # the workers died with their parent
+    assert settled < 80
+    handler.data_delay = 0
+    result = send(tpl, path, env, "--concurrency", "4")
+    assert result.exit_code == 0, result.output
+    got = counts(handler)
+    assert set(got) == {f"p{i}@example.org" for i in range(80)}
+    assert sum(n - 1 for n in got.values()) <= 4
+
+
+def test_two_processes_sigterm_graceful(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, **TWO)
+    path = listing(tmp_path, 80)
+    handler.data_delay = 0.05
+    proc = spawn(tpl, path, env, "--concurrency", "4")
+    wait_for(lambda: len(handler.messages) >= 10)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 75, out
+    assert "stopped: interrupted by SIGTERM" in out
+    handler.data_delay = 0
+    assert send(tpl, path, env).exit_code == 0
+    assert counts(handler) == Counter({f"p{i}@example.org": 1 for i in range(80)})
