@@ -89,6 +89,17 @@ class Mailbox:
         return self.address.ascii.rpartition("@")[2]
 
 
+def mailbox_setting(value: str | None) -> str | None:
+    """For settings and event fields: the text unchanged when it is a mailbox, else
+    ValueError saying why (pydantic turns it into a validation error)."""
+    if value is not None:
+        try:
+            parse_mailbox(value)
+        except AddressError as exc:
+            raise ValueError(f"not 'Name <address>' or an address: {exc}") from None
+    return value
+
+
 def parse_mailbox(text: str) -> Mailbox:
     """Parse ``Name <address>`` or a bare address; raise AddressError when it is not one."""
     if any(c in text for c in "\r\n"):

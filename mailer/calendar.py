@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .address import AddressError, Mailbox, parse_mailbox
+from .address import Mailbox, mailbox_setting, parse_mailbox
 from .errors import InputError
 
 EVENT_FILE = "event.toml"
@@ -53,15 +53,7 @@ class Event(BaseModel):
                              "'timezone'")
         return value
 
-    @field_validator("organizer")
-    @classmethod
-    def _organizer(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_mailbox(value)
-            except AddressError as exc:
-                raise ValueError(f"not 'Name <address>': {exc}") from None
-        return value
+    _organizer = field_validator("organizer")(mailbox_setting)
 
     @field_validator("url")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .address import AddressError, Mailbox, parse_mailbox
+from .address import Mailbox, mailbox_setting, parse_mailbox
 from .errors import ConfigError
 from .ratelimit import parse_rate
 
@@ -60,15 +60,7 @@ class Settings(BaseSettings):
     def _blank_password_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("sender", "reply_to")
-    @classmethod
-    def _mailbox(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_mailbox(value)
-            except AddressError as exc:
-                raise ValueError(f"not a valid address: {exc}") from None
-        return value
+    _mailbox = field_validator("sender", "reply_to")(mailbox_setting)
 
     @field_validator("rate_limit")
     @classmethod
