@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -59,6 +60,22 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def _addresses(ctx: click.Context, param: click.Parameter,
+               values: Sequence[str]) -> tuple[str, ...]:
+    from .address import AddressError, check_address
+
+    for value in values:
+        try:
+            check_address(value)
+        except AddressError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
+    return tuple(values)
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else _addresses(ctx, param, [value])[0]
 
 
 def template_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,10 +154,10 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="Worker processes for rendering and sending [MAILER_PROCESSES, default 0: "
                    "two for long lists on a multi-core machine].")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
-@click.option("--test-to", multiple=True, metavar="ADDRESS",
+@click.option("--test-to", multiple=True, metavar="ADDRESS", callback=_addresses,
               help="Send one recipient's message only to ADDRESS (repeatable); "
                    "the journal is untouched.")
-@click.option("--test-recipient", metavar="EMAIL",
+@click.option("--test-recipient", metavar="EMAIL", callback=_address,
               help="With --test-to: whose message to send [default: the first].")
 @click.option("-q", "--quiet", is_flag=True, help="Nothing on success; failures still shown.")
 @handle_errors
@@ -244,6 +261,13 @@ def purge(campaign_id: str, journal: Path | None) -> None:
     click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from {path}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # ends in handle_errors: "interrupted", exit 75
+
+
 def main() -> None:
     os.umask(os.umask(0o077) | 0o077)  # files we create hold personal data
+    # SIGTERM before sending starts (checking, journal sync) ends like Ctrl-C: nothing half
+    # done, exit 75. While sending, the event loop takes over both for a graceful stop.
+    signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="mailer")

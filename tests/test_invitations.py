@@ -301,3 +301,19 @@ def test_shipped_messages_score_below_1_in_spamassassin(templates: Path, templat
         scores[path.name] = score
     assert len(scores) == 7
     assert max(scores.values()) < 1.0, scores
+
+
+def test_test_send_options_are_checked(templates: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    bad = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+              str(templates), "--test-to", "not-an-address", env=env)
+    assert bad.exit_code == 2 and "not-an-address" in bad.output
+    lonely = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                 str(templates), "--test-recipient", "kari.nordmann@example.org", env=env)
+    assert lonely.exit_code == 2
+    unknown = run("send", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                  str(templates), "--test-to", "a@example.net", "--test-recipient",
+                  "nobody@example.org", env=env)
+    assert unknown.exit_code == 65 and "no recipient 'nobody@example.org'" in unknown.output
+    assert handler.messages == []

@@ -353,3 +353,19 @@ def test_two_processes_check_reports_each_problem_once(tmp_path: Path) -> None:
     assert len(division) == 1
     assert f"{root}/t/body.txt.j2:2: ZeroDivisionError" in division[0]
     assert "(recipient on line 2; and 9 more)" in division[0]
+
+
+def test_sigterm_while_checking_exits_75_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    # a slow template: rendering 2,000 of these takes long enough to be interrupted
+    make_template(root, "t", subject_txt="Hei", body_txt="{% for i in range(3000) %}"
+                                                         "{{ i }}{% endfor %}\n")
+    path = listing(tmp_path, 2000)
+    proc = spawn(root, path, {"MAILER_SENDER": "a@example.org", "MAILER_PROCESSES": "1",
+                              "MAILER_SMTP_PORT": "9"})
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 75, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert not (tmp_path / ".mailer" / "journal.sqlite3").exists()
