@@ -10,7 +10,7 @@ parts, non-ASCII, odd lengths) goes to email-validator directly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import getaddresses
 
 from email_validator import EmailNotValidError, validate_email
@@ -23,15 +23,15 @@ _DOMAIN_CACHE_MAX = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A checked address: ``normalized`` for identity, ``ascii`` for the wire."""
+    """A checked address: ``normalized`` for display, ``ascii`` for the wire, ``key`` (the
+    case-folded form) for identity: duplicates, suppression, the journal."""
 
     normalized: str
     ascii: str
+    key: str = field(init=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """The identity of an address for duplicates and suppression (case-insensitive)."""
-        return self.normalized.casefold()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.normalized.casefold())
 
 
 class AddressError(ValueError):

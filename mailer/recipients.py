@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ _LANGUAGE_ALIASES = {
 # separators, and lone surrogates (bytes that were not UTF-8, kept by surrogateescape).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
+# Both at once, over the fields of a row joined by U+001F (which it leaves out).
+_BAD_IN_ROW = re.compile("[\x00-\x1e\x7f-\x9f\u2028\u2029\udc80-\udcff]")
 
 
 @dataclass(slots=True)
@@ -43,11 +45,18 @@ class Recipient:
     address: Address
     name: str
     language: str | None
-    fields: dict[str, str] = field(default_factory=dict)
+    headers: Sequence[str] = ()
+    row: Sequence[str] = ()
 
     @property
     def email(self) -> str:
         return self.address.normalized
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Every column by its header (made when asked: a check of a list without a
+        template never needs it)."""
+        return dict(zip(self.headers, self.row, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +184,7 @@ class RecipientList:
             joined = "\x1f".join(row)
             if not joined.strip("\x1f \t\r\n"):
                 continue  # a blank line or a row of empty cells, as spreadsheets write
-            if _CONTROL.search(joined.replace("\x1f", "")) or _NOT_UTF8.search(joined):
+            if _BAD_IN_ROW.search(joined):
                 yield self._field_problem(row, shown, line)
                 continue
             if len(row) < width:
@@ -202,7 +211,8 @@ class RecipientList:
                 address=address,
                 name=" ".join(row[name_col].split()) if name_col is not None else "",
                 language=normalize_language(row[lang_col]) if lang_col is not None else None,
-                fields=dict(zip(headers, row, strict=True)),
+                headers=headers,
+                row=row,
             )
 
     def _field_problem(self, row: list[str], shown: str, line: int) -> Problem:
