@@ -176,10 +176,8 @@ def _send_share(campaign: Campaign, journal_path: Path, options: SendOptions, sh
                 for recipient, suppressed in campaign.recipients(share)
                 if not suppressed and journal.to_send(
                     campaign.id, recipient.address.key, options.retry_failed))
-        delivery = Delivery(config, journal.recorder(campaign.id), concurrency=concurrency,
-                            rate=options.rate, retries=options.retries,
-                            retry_delay=options.retry_delay, max_messages=options.max_messages,
-                            on_outcome=on_outcome)
+        delivery = _delivery(config, journal.recorder(campaign.id), options, concurrency,
+                             on_outcome)
         return _run_loop(delivery, jobs)
 
 
@@ -207,21 +205,15 @@ def _send_parallel(campaign: Campaign, journal_path: Path, options: SendOptions,
     tick()
     total = Stats()
     for part in parts:
-        total.sent += part.sent
-        total.failed += part.failed
-        total.deferred += part.deferred
-        total.connections += part.connections
-        total.retried += part.retried
-        total.rejected += part.rejected
-        total.stopped = total.stopped or part.stopped
+        total.merge(part)
     return total
 
 
-def _delivery(config: SmtpConfig, recorder: Recorder, options: SendOptions,
-              reporter: Reporter) -> Delivery:
-    return Delivery(config, recorder, concurrency=options.concurrency, rate=options.rate,
+def _delivery(config: SmtpConfig, recorder: Recorder, options: SendOptions, concurrency: int,
+              on_outcome: OutcomeHook) -> Delivery:
+    return Delivery(config, recorder, concurrency=concurrency, rate=options.rate,
                     retries=options.retries, retry_delay=options.retry_delay,
-                    max_messages=options.max_messages, on_outcome=reporter.outcome)
+                    max_messages=options.max_messages, on_outcome=on_outcome)
 
 
 def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
@@ -241,7 +233,7 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
     boxes = [Mailbox("", check_address(address)) for address in to]
     jobs = [campaign.build(chosen, to=box) for box in boxes]
     config = SmtpConfig.from_settings(campaign.settings, campaign.sender.domain)
-    delivery = _delivery(config, NullRecorder(), options, reporter)
+    delivery = _delivery(config, NullRecorder(), options, options.concurrency, reporter.outcome)
     stats = _run_loop(delivery, iter(jobs))
     result = Result(stats)
     if not reporter.quiet or result.exit_code:

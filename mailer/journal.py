@@ -29,6 +29,7 @@ from .errors import ConfigError, TemporaryError
 from .files import private_dir, private_file
 from .sender import Outcome
 
+SCHEMA_VERSION = 1
 STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
 
 _SCHEMA = """
@@ -95,7 +96,12 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(f"{path}: written by a newer mailer (journal version "
+                                  f"{version}); upgrade mailer to use it")
             self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path}: not a usable journal: {exc}") from None
         self._protect()

@@ -21,6 +21,9 @@ from .errors import ConfigError
 from .files import private_dir, private_file
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
+# Messages whose HTML and text are embedded in the page; the rest are listed with their file
+# (a page holding 100,000 messages would be a gigabyte and no browser would open it).
+PREVIEW_LIMIT = 1000
 
 
 def _script_json(value: object) -> str:
@@ -61,12 +64,13 @@ class Outbox:
         path = self.folder / f"{self.count:05d}-{safe}.eml"
         with private_file(path).open("wb") as handle:
             handle.write(job.data)
-        rendered = job.rendered
+        rendered = job.rendered if self.count <= PREVIEW_LIMIT else None
         to = f"{job.name} <{job.email}>" if job.name else job.email
         payload = {
             "to": to, "subject": job.subject, "file": path.name,
             "html": rendered.html if rendered else None,
-            "text": rendered.text if rendered else None,
+            "text": rendered.text if rendered else
+            f"Only the first {PREVIEW_LIMIT} messages are shown here: open {path.name}.",
         }
         esc = html.escape
         self._page.write(

@@ -68,6 +68,16 @@ class Stats:
     rejected: list[tuple[str, int | None, str]] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped early, if it did
 
+    def merge(self, other: Stats) -> None:
+        """Add the Stats of another process's share of the same run."""
+        self.sent += other.sent
+        self.failed += other.failed
+        self.deferred += other.deferred
+        self.connections += other.connections
+        self.retried += other.retried
+        self.rejected += other.rejected
+        self.stopped = self.stopped or other.stopped
+
 
 @dataclass(frozen=True)
 class SmtpConfig:

@@ -233,3 +233,22 @@ def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mailer", "--help"], capture_output=True,
                          text=True, check=True)
     assert "validate" in out.stdout and "send" in out.stdout
+
+
+def test_preview_embeds_the_first_messages_and_lists_all(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailer import outbox
+
+    monkeypatch.setattr(outbox, "PREVIEW_LIMIT", 2)
+    root = simple(tmp_path, body_html="<p>Hei {{ name }}</p>")
+    rows = "".join(f"p{i}@example.org;Person {i}\n" for i in range(4))
+    path = write(tmp_path / "l.csv", "email;name\n" + rows)
+    result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
+                 "--dry-run", env=ENV)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "outbox" / "index.html").read_text()
+    assert page.count('<tr data-i="') == 4
+    assert "\\u003cp\\u003eHei Person 1" in page  # the HTML part, embedded as JSON
+    assert "\\u003cp\\u003eHei Person 3" not in page
+    assert "Only the first 2 messages are shown here: open 00004-p3@example.org.eml" in page
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 4

@@ -369,3 +369,15 @@ def test_sigterm_while_checking_exits_75_and_writes_nothing(tmp_path: Path) -> N
     assert proc.returncode == 75, out
     assert "interrupted" in out and "Traceback" not in out
     assert not (tmp_path / ".mailer" / "journal.sqlite3").exists()
+
+
+def test_a_journal_from_a_newer_mailer_is_refused(tmp_path: Path, tpl: Path) -> None:
+    journal = tmp_path / "j.sqlite3"
+    with sqlite3.connect(journal) as db:
+        db.execute("PRAGMA user_version = 99")
+    result = run("status", "--journal", str(journal))
+    assert result.exit_code == 78
+    assert "newer mailer" in result.output
+    garbage = write(tmp_path / "not.sqlite3", "this is not a database\n" * 100)
+    result = run("status", "--journal", str(garbage))
+    assert result.exit_code == 78 and "not a usable journal" in result.output
