@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -31,20 +30,20 @@ def parse_rate(text: str) -> float | None:
 class RateLimiter:
     """Let callers start no faster than ``rate`` per second, evenly spaced.
 
-    Each ``wait()`` reserves the next free slot on the monotonic clock and sleeps until
-    it; slots are ``1/rate`` apart, so there is never a burst of more than one message,
-    not even after an idle period.
+    Each ``reserve()`` takes the next free slot on the monotonic clock and says how long
+    until it starts (the caller sleeps that long); slots are ``1/rate`` apart, so there is
+    never a burst of more than one message, not even after an idle period.
     """
 
     def __init__(self, rate: float | None) -> None:
         self.interval = 0.0 if rate is None else 1.0 / rate
         self._next = 0.0
 
-    async def wait(self) -> None:
+    def reserve(self) -> float:
+        """Take the next free slot; the seconds until it starts."""
         if not self.interval:
-            return
+            return 0.0
         now = time.monotonic()
         slot = max(now, self._next)
         self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return slot - now

@@ -256,32 +256,33 @@ class Delivery:
         self.on_outcome = on_outcome
         self.stats = Stats()
         self.produced = 0
-        self.exhausted = False  # the job iterator ran to its end
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._fatal: BaseException | None = None
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=max(16, 4 * concurrency))
         self._capacity = asyncio.Semaphore(8 * concurrency + 16)  # jobs alive at once
-        self._open = 0
         self._pending = 0
         self._producer_done = False
         self._retry_tasks: set[asyncio.Task[None]] = set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop()."""
+        if seconds > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def stop(self, why: str = "interrupted") -> None:
         """Graceful stop: start nothing new; messages in flight finish and are recorded."""
         if not self._stopping:
             self._stopping = True
+            self._stopped.set()
             self.stats.stopped = why
             for task in self._retry_tasks:
                 task.cancel()
             self._wake_all()
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     async def run(self, jobs: Iterator[Job]) -> Stats:
         first = await connect(self.config)  # fail fast: unreachable, TLS, AUTH
-        self._open += 1
         self.stats.connections += 1
         producer = asyncio.create_task(self._produce(jobs))
         workers = [asyncio.create_task(self._work(first if i == 0 else None))
@@ -303,23 +304,27 @@ class Delivery:
 
     async def _produce(self, jobs: Iterator[Job]) -> None:
         try:
-            for job in jobs:
-                if self._stopping:
-                    break
-                if self.max_messages is not None and self.produced >= self.max_messages:
-                    break
-                await self._capacity.acquire()
-                if self._stopping:
-                    self._capacity.release()
-                    break
-                self.produced += 1
-                self._pending += 1
-                await self._queue.put(job)
-            else:
-                self.exhausted = True
+            await self._feed(jobs)
+        except MailerError as exc:  # e.g. the list changed since it was checked
+            self._fatal = exc
+            self.stop(str(exc))
         finally:
             self._producer_done = True
             self._maybe_finish()
+
+    async def _feed(self, jobs: Iterator[Job]) -> None:
+        for job in jobs:
+            if self._stopping:
+                return
+            if self.max_messages is not None and self.produced >= self.max_messages:
+                return
+            await self._capacity.acquire()
+            if self._stopping:
+                self._capacity.release()
+                return
+            self.produced += 1
+            self._pending += 1
+            await self._queue.put(job)
 
     def _maybe_finish(self) -> None:
         if (self._producer_done and self._pending == 0) or self._stopping:
@@ -344,7 +349,10 @@ class Delivery:
                     if self._stopping or (self._producer_done and self._pending == 0):
                         return
                     continue
-                await self.limiter.wait()
+                await self._sleep(self.limiter.reserve())
+                if self._stopping:  # stopped while waiting for a slot: not started
+                    self._release(job)
+                    return
                 if smtp is not None and used >= self.config.per_connection:
                     await self._close(smtp)
                     smtp, used = None, 0
@@ -357,7 +365,7 @@ class Delivery:
                         if failures > self.retries:
                             self.stop(f"SMTP server unreachable: {exc}")
                             return
-                        await asyncio.sleep(self._backoff(failures))
+                        await self._sleep(self._backoff(failures))
                         continue
                     except ConfigError as exc:
                         self._fatal = exc
@@ -366,7 +374,6 @@ class Delivery:
                         return
                     failures = 0
                     used = 0
-                    self._open += 1
                     self.stats.connections += 1
                 try:
                     smtp, used = await self._send(smtp, used, job)
@@ -399,7 +406,6 @@ class Delivery:
         return smtp, used + 1
 
     async def _close(self, smtp: aiosmtplib.SMTP) -> None:
-        self._open -= 1
         if smtp.is_connected:
             try:
                 await asyncio.wait_for(smtp.quit(), timeout=min(5.0, self.config.timeout))

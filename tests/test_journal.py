@@ -381,3 +381,21 @@ def test_a_journal_from_a_newer_mailer_is_refused(tmp_path: Path, tpl: Path) -> 
     garbage = write(tmp_path / "not.sqlite3", "this is not a database\n" * 100)
     result = run("status", "--journal", str(garbage))
     assert result.exit_code == 78 and "not a usable journal" in result.output
+
+
+def test_sigterm_while_waiting_for_the_rate_limit_stops_at_once(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    path = listing(tmp_path, 20)
+    proc = spawn(tpl, path, env, "--rate-limit", "1/s", "--concurrency", "4")
+    wait_for(lambda: len(handler.messages) >= 2)
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 75, out
+    assert time.monotonic() - stopped_at < 2.5  # not after the queued slots (4 s and more)
+    assert len(handler.messages) <= 3
+    data = status_json(env)
+    assert data["campaigns"][0]["counts"]["sent"] == len(handler.messages)
+    assert data["campaigns"][0]["counts"]["sending"] == 0
