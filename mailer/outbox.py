@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .files import private_dir, private_file
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
+_OURS = re.compile(r"\d{5,}-[A-Za-z0-9._@+-]+\.eml\Z")
 # Messages whose HTML and text are embedded in the page; the rest are listed with their file
 # (a page holding 100,000 messages would be a gigabyte and no browser would open it).
 PREVIEW_LIMIT = 1000
@@ -46,7 +47,8 @@ class Outbox:
         try:
             private_dir(self.folder)
             for old in self.folder.glob("*.eml"):
-                old.unlink()
+                if _OURS.match(old.name):  # a previous dry run's, never anyone else's
+                    old.unlink()
         except OSError as exc:
             raise ConfigError(f"{self.folder}: cannot use the outbox folder: "
                               f"{exc.strerror}") from None

@@ -252,3 +252,17 @@ def test_preview_embeds_the_first_messages_and_lists_all(tmp_path: Path,
     assert "\\u003cp\\u003eHei Person 3" not in page
     assert "Only the first 2 messages are shown here: open 00004-p3@example.org.eml" in page
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 4
+
+
+def test_dry_run_replaces_its_own_files_only(tmp_path: Path) -> None:
+    root = simple(tmp_path)
+    mine = write(tmp_path / "outbox" / "viktig.eml", "From: me\r\n\r\nkeep me\r\n")
+    two = write(tmp_path / "two.csv", "email\na@example.org\nb@example.org\n")
+    one = write(tmp_path / "one.csv", "email\nc@example.org\n")
+    for path in (two, one):
+        result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
+                     "--dry-run", env=ENV)
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "outbox").glob("*.eml"))
+    assert names == ["00001-c@example.org.eml", "viktig.eml"]
+    assert mine.read_bytes() == b"From: me\r\n\r\nkeep me\r\n"
