@@ -239,7 +239,7 @@ class Journal:
         so a retried message ends as 'sending')."""
         if not self._results and not self._sending:
             return
-        self.db.execute("BEGIN")
+        self.db.execute("BEGIN IMMEDIATE")  # take the write lock now: two workers may write
         try:
             if self._results:
                 self.db.executemany(
