@@ -82,8 +82,8 @@ def encoded_words(text: str, first_room: int) -> str:
 
     The text is encoded at once, then cut: never inside an ``=XX``, never between the
     bytes of one character (before a UTF-8 continuation byte ``=8X``..``=BX``), and after a
-    space where there is one late enough (some parsers keep the folding space between
-    words). ``first_room`` is what the first line has left after the field name."""
+    space where there is one (some parsers keep the folding space between two words).
+    ``first_room`` is what the first line has left after the field name."""
     encoded = _Q_UNSAFE.sub(_q_sub, text).replace(" ", "_")
     room = max(first_room - _Q_OVERHEAD, 12)
     words: list[str] = []
@@ -96,7 +96,7 @@ def encoded_words(text: str, first_room: int) -> str:
         while encoded[cut] == "=" and encoded[cut + 1] in "89AB":
             cut -= 3
         space = encoded.rfind("_", 0, cut)
-        if space >= cut // 2:
+        if space > 0:
             cut = space + 1
         words.append(encoded[:cut])
         encoded = encoded[cut:]
@@ -140,9 +140,16 @@ def address_header(field_name: str, mailbox: Mailbox) -> str:
         line = f"{field_name}: {formataddr((name, address))}"
         if len(line) <= 78:
             return line
-        return f"{_fold_ascii(field_name, formataddr((name, address)).rpartition(' <')[0])}" \
-               f" <{address}>"
-    return f"{field_name}: {encoded_words(name, 76 - len(field_name) - 2)} <{address}>"
+        phrase = _fold_ascii(field_name, formataddr((name, address)).rpartition(" <")[0])
+    else:
+        phrase = f"{field_name}: {encoded_words(name, 76 - len(field_name) - 2)}"
+        if CRLF in phrase and len(encoded_words(name, 10_000)) <= 75:
+            # One encoded word fits on a line of its own: fold before it rather than split
+            # the name (parsers differ on the space between two words of one phrase).
+            phrase = f"{field_name}:{CRLF} {encoded_words(name, 10_000)}"
+    last = phrase.rpartition(CRLF)[2]
+    fold = " " if len(last) + len(address) + 3 <= 78 else f"{CRLF} "
+    return f"{phrase}{fold}<{address}>"
 
 
 class _DateCache:
