@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*\Z", re.I)
 _PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
@@ -30,20 +32,25 @@ def parse_rate(text: str) -> float | None:
 class RateLimiter:
     """Let callers start no faster than ``rate`` per second, evenly spaced.
 
-    Each ``reserve()`` takes the next free slot on the monotonic clock and says how long
-    until it starts (the caller sleeps that long); slots are ``1/rate`` apart, so there is
-    never a burst of more than one message, not even after an idle period.
+    Callers take turns (a lock) and each waits until ``1/rate`` after the previous one
+    actually started, on the monotonic clock. Spacing is measured between real starts, not
+    between slots booked in advance, so a stalled event loop cannot release a burst of
+    waiting callers at once, and an idle period earns no credit: never more than one message
+    at a time.
     """
 
     def __init__(self, rate: float | None) -> None:
         self.interval = 0.0 if rate is None else 1.0 / rate
-        self._next = 0.0
+        self._last = -float("inf")
+        self._turn = asyncio.Lock()
 
-    def reserve(self) -> float:
-        """Take the next free slot; the seconds until it starts."""
+    async def wait(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Return when the caller may start; ``sleep`` lets the caller cut the wait short
+        (a graceful stop)."""
         if not self.interval:
-            return 0.0
-        now = time.monotonic()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
-        return slot - now
+            return
+        async with self._turn:
+            delay = self._last + self.interval - time.monotonic()
+            if delay > 0:
+                await sleep(delay)
+            self._last = time.monotonic()

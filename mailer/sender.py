@@ -349,7 +349,7 @@ class Delivery:
                     if self._stopping or (self._producer_done and self._pending == 0):
                         return
                     continue
-                await self._sleep(self.limiter.reserve())
+                await self.limiter.wait(self._sleep)
                 if self._stopping:  # stopped while waiting for a slot: not started
                     self._release(job)
                     return

@@ -245,3 +245,31 @@ def test_plain_progress_without_a_terminal(tmp_path: Path, tpl: Path, smtp: Serv
 
 def test_ssl_context_default_is_verifying() -> None:
     assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def test_rate_limiter_never_bursts_even_after_the_loop_stalls() -> None:
+    import asyncio
+    import time
+
+    from mailer.ratelimit import RateLimiter
+
+    async def main() -> list[float]:
+        limiter = RateLimiter(20.0)  # one start every 0.05 s
+        starts: list[float] = []
+
+        async def caller() -> None:
+            for _ in range(3):
+                await limiter.wait()
+                starts.append(time.monotonic())
+
+        async def staller() -> None:
+            await asyncio.sleep(0.06)
+            time.sleep(0.3)  # the event loop is blocked: every waiter's time passes
+
+        await asyncio.gather(*(caller() for _ in range(4)), staller())
+        return starts
+
+    starts = asyncio.run(main())
+    assert len(starts) == 12
+    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
+    assert min(gaps) >= 0.045, gaps  # measured between real starts: no catch-up burst
