@@ -7,9 +7,17 @@ from pathlib import Path
 
 
 def private_dir(path: Path) -> Path:
-    """Create a folder (and its parents) readable by the owner only (0700)."""
+    """Create a folder (and any missing parents) readable by the owner only (0700).
+
+    A folder that already exists is left as it is: it may be the user's working folder."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    for folder in missing:
+        os.chmod(folder, 0o700)
     return path
 
 

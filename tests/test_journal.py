@@ -399,3 +399,14 @@ def test_sigterm_while_waiting_for_the_rate_limit_stops_at_once(
     data = status_json(env)
     assert data["campaigns"][0]["counts"]["sent"] == len(handler.messages)
     assert data["campaigns"][0]["counts"]["sending"] == 0
+
+
+def test_existing_folders_keep_their_mode(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, _ = smtp
+    os.chmod(tmp_path, 0o755)
+    env = smtp_env(controller, MAILER_JOURNAL="journal.sqlite3")  # in the working folder
+    assert send(tpl, listing(tmp_path, 1), env).exit_code == 0
+    assert send(tpl, listing(tmp_path, 1), env, "--dry-run", "--outbox", ".").exit_code == 0
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "journal.sqlite3").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "index.html").stat().st_mode) == 0o600
