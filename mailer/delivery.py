@@ -150,13 +150,15 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
             result.skipped += before["failed"]
         if todo:
             n = send_processes(campaign, options, todo)
-            reporter.start(min(todo, options.max_messages or todo))
+            total = min(todo, options.max_messages or todo)
             try:
                 if n == 1:
+                    reporter.start(total)
                     result.stats = _send_share(campaign, journal_path, options, (0, 1),
                                                options.concurrency, reporter.outcome)
                 else:
-                    result.stats = _send_parallel(campaign, journal_path, options, n, reporter)
+                    result.stats = _send_parallel(campaign, journal_path, options, n,
+                                                  reporter, total)
             finally:
                 reporter.stop()
             with Journal(journal_path) as journal:
@@ -182,7 +184,7 @@ def _send_share(campaign: Campaign, journal_path: Path, options: SendOptions, sh
 
 
 def _send_parallel(campaign: Campaign, journal_path: Path, options: SendOptions, n: int,
-                   reporter: Reporter) -> Stats:
+                   reporter: Reporter, total: int) -> Stats:
     """Split the list and the connections over n forked processes; merge their Stats.
 
     Each child counts its outcomes in its own slots of a shared array, which the parent
@@ -201,12 +203,14 @@ def _send_parallel(campaign: Campaign, journal_path: Path, options: SendOptions,
     def tick() -> None:
         reporter.counts_are(*(sum(counts[i::3]) for i in range(3)))
 
-    parts = fork_map(child, n, tick=tick, forward_signals=True)
+    # The progress display (a thread, on a terminal) starts once the children are forked.
+    parts = fork_map(child, n, tick=tick, forward_signals=True,
+                     started=lambda: reporter.start(total))
     tick()
-    total = Stats()
+    merged = Stats()
     for part in parts:
-        total.merge(part)
-    return total
+        merged.merge(part)
+    return merged
 
 
 def _delivery(config: SmtpConfig, recorder: Recorder, options: SendOptions, concurrency: int,

@@ -60,10 +60,13 @@ class ChildError(MailerError):
 
 
 def fork_map(fn: Callable[[int], T], n: int, *, tick: Callable[[], None] | None = None,
+             started: Callable[[], None] | None = None,
              forward_signals: bool = False) -> list[T]:
     """Return [fn(0), ..., fn(n-1)], each computed in its own forked process.
 
-    ``tick`` is called about five times a second while waiting (progress). A MailerError
+    Fork before starting any thread: ``started`` is called once every child is forked
+    (to start a progress display), ``tick`` about five times a second while waiting. A
+    MailerError
     in a child is raised here with its exit code once all children have ended (the most
     serious one when several fail); a crash of a child is a RuntimeError.
     """
@@ -91,6 +94,8 @@ def fork_map(fn: Callable[[int], T], n: int, *, tick: Callable[[], None] | None 
             previous[sig] = signal.signal(sig, forward)
     results: dict[int, tuple[str, Any]] = {}
     try:
+        if started is not None:
+            started()
         waiting = {receive: k for k, (_, receive) in enumerate(children)}
         while waiting:
             for ready in wait(list(waiting), timeout=0.2):
