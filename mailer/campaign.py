@@ -94,6 +94,9 @@ class Report:
                  n(len(self.warnings), "warning")]
         if self.suppressed:
             parts.append(f"{self.suppressed} suppressed (would be skipped)")
+        if self.languages:
+            parts.append("by language: " + " / ".join(f"{lang} {count}" for lang, count
+                                                      in sorted(self.languages.items())))
         return f"{self.path}: {', '.join(parts)}"
 
 

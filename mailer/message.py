@@ -177,7 +177,6 @@ class MessageFactory:
     sender: Mailbox
     reply_to: Mailbox | None = None
     attachments: Sequence[Attachment] = ()
-    extra_headers: Sequence[tuple[str, str]] = ()
 
     @property
     def domain(self) -> str:
@@ -211,7 +210,6 @@ class MessageFactory:
             headers.append(f"List-Unsubscribe: <{unsubscribe_url}>")
             if unsubscribe_url.startswith("https://"):
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
-        headers.extend(encode_header(k, v) for k, v in self.extra_headers)
         headers.append("MIME-Version: 1.0")
         boundary = f"=_{msgid[1:17]}"
         body = _body(rendered, boundary, self.attachments)

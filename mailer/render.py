@@ -25,7 +25,6 @@ from markupsafe import Markup
 from .errors import TemplateError
 from .recipients import Recipient
 
-PARTS = ("subject", "text", "html", "markdown")
 _SUFFIX = {"subject": "txt", "text": "txt", "html": "html", "markdown": "md"}
 _STEM = {"subject": "subject", "text": "body", "html": "body", "markdown": "body"}
 _VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md)\.j2\Z")
@@ -339,14 +338,6 @@ def _default_layout(subject: str, content: Markup, lang: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{title}</title>\n</head>\n<body>\n{content}\n</body>\n</html>\n")
-
-
-def render_string(env: jinja2.Environment, source: str, what: str) -> jinja2.Template:
-    """Compile a template given as a setting (e.g. MAILER_UNSUBSCRIBE_URL)."""
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{what}: {describe_error(exc)}") from None
 
 
 @lru_cache(maxsize=1)

@@ -63,8 +63,6 @@ class Stats:
     sent: int = 0
     failed: int = 0
     deferred: int = 0
-    connections: int = 0
-    retried: int = 0
     rejected: list[tuple[str, int | None, str]] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped early, if it did
 
@@ -73,8 +71,6 @@ class Stats:
         self.sent += other.sent
         self.failed += other.failed
         self.deferred += other.deferred
-        self.connections += other.connections
-        self.retried += other.retried
         self.rejected += other.rejected
         self.stopped = self.stopped or other.stopped
 
@@ -283,7 +279,6 @@ class Delivery:
 
     async def run(self, jobs: Iterator[Job]) -> Stats:
         first = await connect(self.config)  # fail fast: unreachable, TLS, AUTH
-        self.stats.connections += 1
         producer = asyncio.create_task(self._produce(jobs))
         workers = [asyncio.create_task(self._work(first if i == 0 else None))
                    for i in range(self.concurrency)]
@@ -374,7 +369,6 @@ class Delivery:
                         return
                     failures = 0
                     used = 0
-                    self.stats.connections += 1
                 try:
                     smtp, used = await self._send(smtp, used, job)
                 except MailerError as exc:  # the journal cannot be written: stop at once
@@ -426,7 +420,6 @@ class Delivery:
         if job.attempt > self.retries or self._stopping:
             self._final(job, Outcome.DEFERRED, code, reply)
             return
-        self.stats.retried += 1
         self.recorder.result(job, Outcome.DEFERRED, code, reply)
         task = asyncio.create_task(self._retry_later(job, self._backoff(job.attempt), code,
                                                      reply))
