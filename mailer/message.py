@@ -177,18 +177,18 @@ class MessageFactory:
     sender: Mailbox
     reply_to: Mailbox | None = None
     attachments: Sequence[Attachment] = ()
+    # The same for every message: encoded once.
+    _fixed: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        fixed = [address_header("From", self.sender)]
+        if self.reply_to is not None:
+            fixed.append(address_header("Reply-To", self.reply_to))
+        object.__setattr__(self, "_fixed", tuple(fixed))
 
     @property
     def domain(self) -> str:
         return self.sender.domain
-
-    @property
-    def _from(self) -> str:
-        return address_header("From", self.sender)
-
-    @property
-    def _reply_to(self) -> str | None:
-        return None if self.reply_to is None else address_header("Reply-To", self.reply_to)
 
     def envelope(self, recipient: Mailbox) -> Envelope:
         return Envelope(self.sender.address.ascii, recipient.address.ascii)
@@ -196,10 +196,10 @@ class MessageFactory:
     def build(self, rendered: Rendered, to: Mailbox, msgid: str, *,
               unsubscribe_url: str | None = None, date: str | None = None) -> bytes:
         """The whole message as bytes with CRLF line ends, ready for DATA or a .eml file."""
-        headers = [self._from, address_header("To", to)]
-        if self._reply_to:
-            headers.append(self._reply_to)
-        headers += [
+        headers = [
+            self._fixed[0],  # From
+            address_header("To", to),
+            *self._fixed[1:],  # Reply-To
             encode_header("Subject", rendered.subject),
             f"Date: {date or _dates.now()}",
             f"Message-ID: {msgid}",
