@@ -410,3 +410,19 @@ def test_existing_folders_keep_their_mode(tmp_path: Path, tpl: Path, smtp: Serve
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "journal.sqlite3").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "index.html").stat().st_mode) == 0o600
+
+
+def test_a_row_removed_from_the_list_is_not_sent_nor_counted(tmp_path: Path, tpl: Path,
+                                                             smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    handler.rcpt_codes["p2@example.org"] = ["451 4.3.0 later"] * 10
+    path = listing(tmp_path, 3)
+    assert send(tpl, path, env, "--retries", "0").exit_code == 75
+    listing(tmp_path, 2)  # p2 taken off the list by the organiser
+    again = send(tpl, path, env, "--max-messages", "5")
+    assert again.exit_code == 0, again.output
+    assert "remain" not in again.output
+    assert counts(handler) == Counter({"p0@example.org": 1, "p1@example.org": 1})
+    row = next(r for r in status_json(env)["recipients"] if r["email"] == "p2@example.org")
+    assert row["state"] == "deferred" and row["line"] is None  # history kept, not listed
