@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
 from .address import Mailbox, check_address
 from .campaign import Campaign, Job, Share
 from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, InputError
@@ -240,10 +242,10 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
     delivery = _delivery(config, NullRecorder(), options, options.concurrency, reporter.outcome)
     stats = _run_loop(delivery, iter(jobs))
     result = Result(stats)
-    if not reporter.quiet or result.exit_code:
-        reporter.line(f"test message for {chosen.email} (line {chosen.line}) sent to "
-                      f"{', '.join(b.address.normalized for b in boxes)}: {stats.sent} sent, "
-                      f"{stats.failed} failed, {stats.deferred} deferred")
     for email, code, reply in stats.rejected:
         reporter.line(f"rejected: {email}: {code} {reply}")
+    if not reporter.quiet or result.exit_code:
+        click.echo(f"test message for {chosen.email} (line {chosen.line}) sent to "
+                   f"{', '.join(b.address.normalized for b in boxes)}: {stats.sent} sent, "
+                   f"{stats.failed} failed, {stats.deferred} deferred")
     return result
