@@ -120,6 +120,7 @@ class Campaign:
         self.event: Event | None = None
         self.templates: TemplateSet | None = None
         self._unsubscribe: jinja2.Template | None = None
+        self.factory: MessageFactory | None = None
         if template is None:
             return
         templates_dir = settings.templates_dir
