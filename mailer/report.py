@@ -33,6 +33,8 @@ class Reporter:
     def start(self, total: int) -> None:
         self.total = total
         self._started = self._last_line = time.monotonic()
+        if not self.tty and not self.quiet:
+            self.line(f"sending {total} message{'' if total == 1 else 's'}")
         if self.tty and total:
             from rich.console import Console
             from rich.progress import (

@@ -273,3 +273,12 @@ def test_rate_limiter_never_bursts_even_after_the_loop_stalls() -> None:
     assert len(starts) == 12
     gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
     assert min(gaps) >= 0.045, gaps  # measured between real starts: no catch-up burst
+
+
+def test_plain_output_names_the_work_then_sums_up(tmp_path: Path, tpl: Path,
+                                                  smtp: Server) -> None:
+    controller, _ = smtp
+    result = send(tpl, people(tmp_path, 3), smtp_env(controller))
+    lines = result.output.splitlines()
+    assert lines[0] == "sending 3 messages"
+    assert lines[-1] == ("sent 3, failed 0 (permanent), deferred 0 (temporary), skipped 0")
