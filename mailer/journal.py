@@ -29,7 +29,7 @@ from .errors import ConfigError, TemporaryError
 from .files import private_dir, private_file
 from .sender import Outcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
 
 _SCHEMA = """
@@ -56,7 +56,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated TEXT NOT NULL,
     PRIMARY KEY (campaign, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (campaign, state);
+-- No index on state: every state change would rewrite an index page too (a third of the
+-- cost of each commit while sending), and counting a campaign's rows by state scans its
+-- primary-key range in milliseconds.
+DROP INDEX IF EXISTS deliveries_state;
 """
 
 
