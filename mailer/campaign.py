@@ -7,24 +7,20 @@ list of 100,000 people is never held in memory, rendered or not.
 
 from __future__ import annotations
 
-import re
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jinja2
 
 from .address import Mailbox
 from .calendar import ICS_CONTENT_TYPE, ICS_FILENAME, Event, load_event
-from .errors import ConfigError, TemplateError
+from .errors import TemplateError
 from .message import Attachment, MessageFactory, message_id
 from .recipients import Problem, Recipient, RecipientList, load_suppressions
-from .render import Rendered, TemplateSet, describe_error
+from .render import Rendered, TemplateSet
 from .settings import Settings
 
 Share = tuple[int, int]  # (k, n): the k-th of n parts of a list, see Campaign.recipients
-_URL = re.compile(r"(https?://|mailto:)[!-~]{1,900}\Z")  # printable ASCII, no spaces
 
 
 @dataclass(slots=True)
@@ -32,8 +28,8 @@ class Job:
     """One message ready for SMTP (or the outbox)."""
 
     line: int
-    key: str  # the case-folded address: identity in the journal
-    email: str  # normalised address
+    key: str  # the recipient's case-folded address: identity in the journal
+    email: str  # where the message goes (normalised): the recipient, or a test address
     name: str
     envelope_from: str
     envelope_to: str
@@ -119,7 +115,6 @@ class Campaign:
         self.sender: Mailbox | None = settings.sender_mailbox if need_sender else None
         self.event: Event | None = None
         self.templates: TemplateSet | None = None
-        self._unsubscribe: jinja2.Template | None = None
         self.factory: MessageFactory | None = None
         if template is None:
             return
@@ -127,15 +122,10 @@ class Campaign:
         folder = templates_dir / template
         if folder.is_dir():
             self.event = load_event(folder)
-        extra: dict[str, Any] = {"event": self.event, "unsubscribe_url": None}
         self.templates = TemplateSet(templates_dir, template, variables=variables,
-                                     default_language=settings.language, extra=extra)
-        if settings.unsubscribe_url:
-            try:
-                self._unsubscribe = self.templates.env.from_string(settings.unsubscribe_url)
-            except jinja2.TemplateSyntaxError as exc:
-                raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
-                                  f"{describe_error(exc)}") from None
+                                     default_language=settings.language,
+                                     extra={"event": self.event},
+                                     unsubscribe_url=settings.unsubscribe_url)
         self.factory = self._factory() if self.sender is not None else None
 
     def _factory(self) -> MessageFactory:
@@ -165,28 +155,6 @@ class Campaign:
                 if ordinal % n == k:
                     yield item, item.address.key in self.suppressed
 
-    def unsubscribe_url(self, recipient: Recipient, lang: str = "") -> str | None:
-        if self._unsubscribe is None or self.templates is None:
-            return None
-        ctx = self.templates.context(recipient, lang)
-        try:
-            url = self._unsubscribe.render(ctx).strip()
-        except Exception as exc:
-            raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
-                              f"{describe_error(exc)} (recipient on line "
-                              f"{recipient.line})") from None
-        if not _URL.match(url) or any(c in url for c in '<>"'):
-            raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: it made {url!r} for "
-                              f"the recipient on line {recipient.line}, not an https://, "
-                              f"http:// or mailto: URL")
-        return url
-
-    def render(self, recipient: Recipient) -> tuple[Rendered, str | None]:
-        assert self.templates is not None
-        url = self.unsubscribe_url(recipient)
-        extra = {"unsubscribe_url": url} if url is not None else {}
-        return self.templates.render(recipient, extra), url
-
     def check(self, share: Share = (0, 1)) -> Report:
         """Validate the whole list and (with a template) render every message once.
 
@@ -194,16 +162,15 @@ class Campaign:
         reports on the list itself: the n reports merged are the report of the whole."""
         k, n = share
         report = Report(self.listing.display)
+        items = self.listing.scan()
+        first = next(items, None)  # reads the header row: the columns are known from here
         missing: list[str] = []
-        first = True
+        if self.templates is not None:
+            missing = self.templates.missing_variables(self.listing.headers)
+            if k == 0:
+                report.problems.extend(missing)
         ordinal = -1
-        for item in self.listing.scan():
-            if first:
-                first = False
-                if self.templates is not None:
-                    missing = self.templates.missing_variables(self.listing.headers)
-                    if k == 0:
-                        report.problems.extend(missing)
+        for item in itertools.chain([first] if first is not None else [], items):
             if isinstance(item, Problem):
                 if k == 0:
                     report.rows += 1
@@ -219,30 +186,28 @@ class Campaign:
             if self.templates is None or missing or ordinal % n != k:
                 continue
             try:
-                rendered, _ = self.render(item)
+                rendered = self.templates.render(item)
             except TemplateError as exc:
                 text = str(exc).replace(f" (recipient on line {item.line})", "")
                 report.template_errors.setdefault(text, []).append(item.line)
                 continue
             report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
-        if first and self.templates is not None and k == 0:
-            report.problems.extend(self.templates.missing_variables(self.listing.headers))
         return report
 
     def build(self, recipient: Recipient, *, keep_rendered: bool = False,
               to: Mailbox | None = None) -> Job:
         """Render and build the message for one recipient (``to`` replaces the recipient
         in the envelope and To header, for a test send)."""
-        assert self.factory is not None
-        rendered, url = self.render(recipient)
+        assert self.factory is not None and self.templates is not None
+        rendered = self.templates.render(recipient)
         mailbox = to or Mailbox(recipient.name, recipient.address)
         msgid = message_id(self.id, recipient.address.key if to is None
                            else f"test:{mailbox.address.key}", self.factory.domain)
-        envelope = self.factory.envelope(mailbox)
-        data = self.factory.build(rendered, mailbox, msgid, unsubscribe_url=url)
-        return Job(line=recipient.line, key=recipient.address.key, email=recipient.email,
-                   name=recipient.name, envelope_from=envelope.sender,
-                   envelope_to=envelope.recipient, message_id=msgid, data=data,
+        data = self.factory.build(rendered, mailbox, msgid)
+        return Job(line=recipient.line, key=recipient.address.key,
+                   email=mailbox.address.normalized, name=mailbox.name,
+                   envelope_from=self.factory.sender.address.ascii,
+                   envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
                    subject=rendered.subject, lang=rendered.lang,
                    rendered=rendered if keep_rendered else None)
 

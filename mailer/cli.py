@@ -216,10 +216,9 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
 
     path = load_settings(journal=journal).journal
     with Journal(path, create=False) as db:
+        if campaign_id is not None:
+            db.require_campaign(campaign_id)
         counts = db.counts(campaign_id)
-        if campaign_id is not None and not any(counts[campaign_id].values()):
-            fail(f"{path}: no campaign {campaign_id!r} (known: "
-                           f"{', '.join(db.campaigns()) or 'none'})", 65)
         if fmt == "table":
             width = max([len("campaign"), *(len(c) for c in counts)])
             click.echo(f"{'campaign':<{width}}  " + "  ".join(f"{s:>10}" for s in STATES)
@@ -257,6 +256,7 @@ def purge(campaign_id: str, journal: Path | None) -> None:
 
     path = load_settings(journal=journal).journal
     with Journal(path, create=False) as db:
+        db.require_campaign(campaign_id)  # a typo must not look like a purge that worked
         deleted = db.purge(campaign_id)
     click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from {path}")
 

@@ -240,10 +240,13 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
     jobs = [campaign.build(chosen, to=box) for box in boxes]
     config = SmtpConfig.from_settings(campaign.settings, campaign.sender.domain)
     delivery = _delivery(config, NullRecorder(), options, options.concurrency, reporter.outcome)
-    stats = _run_loop(delivery, iter(jobs))
+    reporter.start(len(jobs))
+    try:
+        stats = _run_loop(delivery, iter(jobs))
+    finally:
+        reporter.stop()
     result = Result(stats)
-    for email, code, reply in stats.rejected:
-        reporter.line(f"rejected: {email}: {code} {reply}")
+    reporter.rejected(stats)
     if not reporter.quiet or result.exit_code:
         click.echo(f"test message for {chosen.email} (line {chosen.line}) sent to "
                    f"{', '.join(b.address.normalized for b in boxes)}: {stats.sent} sent, "

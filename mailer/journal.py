@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .campaign import Job
-from .errors import ConfigError, TemporaryError
+from .errors import ConfigError, InputError, TemporaryError
 from .files import private_dir, private_file
 from .sender import Outcome
 
@@ -187,6 +187,13 @@ class Journal:
         return JournalRecorder(self, campaign)
 
     # Reading -----------------------------------------------------------------------
+
+    def require_campaign(self, campaign: str) -> None:
+        """InputError (65) naming the known campaigns when this one is not in the journal."""
+        known = self.campaigns()
+        if campaign not in known:
+            raise InputError(f"{self.path}: no campaign {campaign!r} (known: "
+                             f"{', '.join(known) or 'none'})")
 
     def campaigns(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM campaigns ORDER BY created, id")]

@@ -40,14 +40,6 @@ class Attachment:
         object.__setattr__(self, "encoded", _base64_lines(self.data))
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What SMTP needs besides the message: the sender and the one recipient."""
-
-    sender: str
-    recipient: str
-
-
 def message_id(campaign: str, key: str, domain: str) -> str:
     """Unique per message, stable for campaign + recipient: a re-send after a crash carries
     the same Message-ID, so a duplicate is recognisable."""
@@ -190,11 +182,8 @@ class MessageFactory:
     def domain(self) -> str:
         return self.sender.domain
 
-    def envelope(self, recipient: Mailbox) -> Envelope:
-        return Envelope(self.sender.address.ascii, recipient.address.ascii)
-
     def build(self, rendered: Rendered, to: Mailbox, msgid: str, *,
-              unsubscribe_url: str | None = None, date: str | None = None) -> bytes:
+              date: str | None = None) -> bytes:
         """The whole message as bytes with CRLF line ends, ready for DATA or a .eml file."""
         headers = [
             self._fixed[0],  # From
@@ -204,8 +193,9 @@ class MessageFactory:
             f"Date: {date or _dates.now()}",
             f"Message-ID: {msgid}",
         ]
+        unsubscribe_url = rendered.unsubscribe_url
         if unsubscribe_url:
-            # Printable ASCII without spaces (checked by the campaign): never folded, since
+            # Printable ASCII without spaces (checked when rendered): never folded, since
             # a folded URL breaks in many clients.
             headers.append(f"List-Unsubscribe: <{unsubscribe_url}>")
             if unsubscribe_url.startswith("https://"):

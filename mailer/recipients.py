@@ -31,10 +31,12 @@ _LANGUAGE_ALIASES = {
 
 # C0 controls (tab, CR and LF included), DEL, C1 controls, the Unicode line and paragraph
 # separators, and lone surrogates (bytes that were not UTF-8, kept by surrogateescape).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
-# Both at once, over the fields of a row joined by U+001F (which it leaves out).
-_BAD_IN_ROW = re.compile("[\x00-\x1e\x7f-\x9f\u2028\u2029\udc80-\udcff]")
+_SEP = "\x1f"  # joins the fields of a row for one search of both patterns below
+_CONTROLS_BUT_SEP = "\x00-\x1e\x7f-\x9f\u2028\u2029"
+_SURROGATES = "\udc80-\udcff"
+_CONTROL = re.compile(f"[{_CONTROLS_BUT_SEP}{_SEP}]")
+_NOT_UTF8 = re.compile(f"[{_SURROGATES}]")
+_BAD_IN_ROW = re.compile(f"[{_CONTROLS_BUT_SEP}{_SURROGATES}]")  # a lookahead is 3x slower
 
 
 @dataclass(slots=True)
@@ -181,8 +183,8 @@ class RecipientList:
                 yield Problem(shown, line, f"{len(row)} fields but the header has {width}: "
                                            f"quote fields that hold '{delimiter}'")
                 continue
-            joined = "\x1f".join(row)
-            if not joined.strip("\x1f \t\r\n"):
+            joined = _SEP.join(row)
+            if not joined.strip(_SEP + " \t\r\n"):
                 continue  # a blank line or a row of empty cells, as spreadsheets write
             if _BAD_IN_ROW.search(joined):
                 yield self._field_problem(row, shown, line)

@@ -22,13 +22,12 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-from .errors import TemplateError
+from .errors import ConfigError, TemplateError
 from .recipients import Recipient
 
-_SUFFIX = {"subject": "txt", "text": "txt", "html": "html", "markdown": "md"}
-_STEM = {"subject": "subject", "text": "body", "html": "body", "markdown": "body"}
 _VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md)\.j2\Z")
 _SPACE = re.compile(r"\s+")
+_URL = re.compile(r"(https?://|mailto:)[!-~]{1,900}\Z")  # printable ASCII, no spaces
 
 MONTHS = {
     "nb": ["januar", "februar", "mars", "april", "mai", "juni", "juli", "august",
@@ -126,13 +125,15 @@ class Rendered:
     text: str | None
     html: str | None
     lang: str
+    unsubscribe_url: str | None = None
 
 
 class TemplateSet:
     """The variants of one template folder, compiled once, rendered per recipient."""
 
     def __init__(self, templates_dir: Path, name: str, *, variables: Mapping[str, str] = {},
-                 default_language: str = "nb", extra: Mapping[str, Any] = {}) -> None:
+                 default_language: str = "nb", extra: Mapping[str, Any] = {},
+                 unsubscribe_url: str | None = None) -> None:
         self.templates_dir = templates_dir
         self.name = name
         self.folder = templates_dir / name
@@ -147,8 +148,15 @@ class TemplateSet:
             raise TemplateError(f"{self.folder}: no such template{hint}")
         self.env = make_environment(templates_dir)
         self.env.globals.update(variables)
-        self.variables = dict(variables)
-        self.extra = dict(extra)  # per-run values shared by all recipients (event, ...)
+        # per-run values shared by all recipients (event, ...)
+        self.extra = {"unsubscribe_url": None, **extra}
+        self._unsubscribe: jinja2.Template | None = None
+        if unsubscribe_url:
+            try:
+                self._unsubscribe = self.env.from_string(unsubscribe_url)
+            except jinja2.TemplateSyntaxError as exc:
+                raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
+                                  f"{describe_error(exc)}") from None
         self.variants = self._discover()
         self._globals = dict(self.env.globals)
         self._compiled: dict[str, jinja2.Template] = {}
@@ -181,7 +189,8 @@ class TemplateSet:
                 if not {"text", "html", "markdown"} & files.keys():
                     merged.update({p: n for p, n in base.items() if p != "subject"})
             if "subject" not in merged:
-                raise TemplateError(f"{self.folder}/{_file('subject', lang)}: missing: "
+                middle = f".{lang}" if lang else ""
+                raise TemplateError(f"{self.folder}/subject{middle}.txt.j2: missing: "
                                     f"every template needs a subject")
             if not {"text", "html", "markdown"} & merged.keys():
                 raise TemplateError(f"{self.folder}: no body for "
@@ -196,10 +205,6 @@ class TemplateSet:
     def variant_for(self, language: str | None) -> Variant | None:
         """The variant for a language, else the fallback; None when there is neither."""
         return self.variants.get(language) or self.variants.get(None)
-
-    @property
-    def languages(self) -> list[str]:
-        return sorted(lang for lang in self.variants if lang is not None)
 
     def _template(self, name: str) -> jinja2.Template:
         template = self._compiled.get(name)
@@ -240,7 +245,7 @@ class TemplateSet:
 
     def missing_variables(self, headers: Iterable[str]) -> list[str]:
         """``file:line: ...`` for each variable that no column, --var or built-in provides."""
-        provided = set(self.env.globals) | set(self.variables) | set(self.extra)
+        provided = set(self.env.globals) | set(self.extra)
         provided |= {"recipient", "email", "name", "language", "lang", "content"}
         provided |= {h for h in headers if _top_level(h)}
         return [f"{where}:{line}: variable '{var}' is used but no column or --var "
@@ -278,7 +283,23 @@ class TemplateSet:
                    language=recipient.language, lang=lang)
         return ctx
 
-    def render(self, recipient: Recipient, extra: Mapping[str, Any] = {}) -> Rendered:
+    def _unsubscribe_url(self, ctx: dict[str, Any], recipient: Recipient) -> str | None:
+        """MAILER_UNSUBSCRIBE_URL rendered in the recipient's context; ConfigError (a bad
+        setting, 78) when it fails or does not make an http(s)/mailto URL fit for a header."""
+        if self._unsubscribe is None:
+            return None
+        where = f"(recipient on line {recipient.line})"
+        try:
+            url = self._unsubscribe.render(ctx).strip()
+        except Exception as exc:
+            raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: "
+                              f"{describe_error(exc)} {where}") from None
+        if not _URL.match(url) or any(c in url for c in '<>"'):
+            raise ConfigError(f"invalid setting MAILER_UNSUBSCRIBE_URL: it made {url!r} "
+                              f"{where}, not an https://, http:// or mailto: URL")
+        return url
+
+    def render(self, recipient: Recipient) -> Rendered:
         """Render every part for one recipient; TemplateError names file and list line."""
         variant = self.variant_for(recipient.language)
         if variant is None:
@@ -287,8 +308,7 @@ class TemplateSet:
                                 f"(recipient on line {recipient.line})")
         lang = variant.lang or self.default_language
         ctx = self.context(recipient, lang)
-        if extra:
-            ctx.update(extra)
+        url = ctx["unsubscribe_url"] = self._unsubscribe_url(ctx, recipient)
         files = variant.files
         current = files["subject"]
         try:
@@ -321,12 +341,7 @@ class TemplateSet:
         if not subject:
             raise TemplateError(f"{self.templates_dir / files['subject']}: the subject is "
                                 f"empty (recipient on line {recipient.line})")
-        return Rendered(subject=subject, text=text, html=html, lang=lang)
-
-
-def _file(part: str, lang: str | None) -> str:
-    middle = f".{lang}" if lang else ""
-    return f"{_STEM[part]}{middle}.{_SUFFIX[part]}.j2"
+        return Rendered(subject=subject, text=text, html=html, lang=lang, unsubscribe_url=url)
 
 
 def _top_level(header: str) -> bool:

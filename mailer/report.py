@@ -27,8 +27,7 @@ class Reporter:
         self.counts = {o: 0 for o in Outcome}
         self._progress: Any = None
         self._task: Any = None
-        self._started = 0.0
-        self._last_line = 0.0
+        self._started = self._last_line = time.monotonic()
 
     def start(self, total: int) -> None:
         self.total = total
@@ -91,12 +90,15 @@ class Reporter:
     def line(self, text: str) -> None:
         click.echo(text, file=self.stream)
 
+    def rejected(self, stats: Stats) -> None:
+        """Every permanently rejected address with the server's reply, even when quiet."""
+        for email, code, reply in stats.rejected:
+            self.line(" ".join(f"rejected: {email}: {code or ''} {reply}".split()))
+
     def summary(self, stats: Stats, *, skipped: int, suppressed: int, remaining: int,
                 failed: bool) -> None:
         """Rejected addresses always; the summary unless quiet and all went well."""
-        for email, code, reply in stats.rejected:
-            click.echo(f"rejected: {email}: {code or ''} {reply}".replace("  ", " "),
-                       file=self.stream)
+        self.rejected(stats)
         if self.quiet and not failed:
             return
         if stats.stopped:

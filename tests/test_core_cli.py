@@ -211,6 +211,8 @@ def test_settings_errors_exit_78_without_echoing_values(tmp_path: Path) -> None:
     assert "MAILER_SMTP_SECURITY" in result.output
     result = run(*args, env={"MAILER_SENDER": "not an address"})
     assert result.exit_code == 78 and "MAILER_SENDER" in result.output
+    result = run(*args, env=dict(ENV, MAILER_RATE_LIMIT="fast please"))
+    assert result.exit_code == 78 and "invalid setting MAILER_RATE_LIMIT" in result.output
 
 
 def test_dotenv_in_current_folder_and_options_override(tmp_path: Path) -> None:

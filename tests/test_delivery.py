@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -173,29 +172,21 @@ def tls_server(tls_files: dict[str, Any]) -> Any:
     controller.stop()
 
 
-def test_starttls_with_trusted_cert_and_auth(tmp_path: Path, tpl: Path, tls_server: Any,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("password", "exit_code", "delivered"),
+                         [("s3cret-Pa55", 0, 3), ("wrong-Pa55word", 78, 0)])
+def test_starttls_with_a_trusted_cert_and_auth(tmp_path: Path, tpl: Path, tls_server: Any,
+                                               monkeypatch: pytest.MonkeyPatch, password: str,
+                                               exit_code: int, delivered: int) -> None:
     controller, handler, ca_file = tls_server
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     env = smtp_env(controller, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USERNAME="digdir",
-                   MAILER_SMTP_PASSWORD="s3cret-Pa55")
+                   MAILER_SMTP_PASSWORD=password)
     result = send(tpl, people(tmp_path, 3), env)
-    assert result.exit_code == 0, result.output
-    assert len(handler.messages) == 3
-    assert "s3cret-Pa55" not in result.output
-
-
-def test_wrong_password_exit_78_never_shown(tmp_path: Path, tpl: Path, tls_server: Any,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    controller, handler, ca_file = tls_server
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    env = smtp_env(controller, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USERNAME="digdir",
-                   MAILER_SMTP_PASSWORD="wrong-Pa55word")
-    result = send(tpl, people(tmp_path, 2), env)
-    assert result.exit_code == 78
-    assert "authentication failed" in result.output
-    assert "wrong-Pa55word" not in result.output
-    assert handler.messages == []
+    assert result.exit_code == exit_code, result.output
+    assert len(handler.messages) == delivered
+    assert password not in result.output  # never shown, whatever happened
+    if exit_code:
+        assert "authentication failed at 127.0.0.1" in result.output
 
 
 def test_untrusted_certificate_refused_exit_78(tmp_path: Path, tpl: Path, tls_server: Any) -> None:
@@ -243,8 +234,52 @@ def test_plain_progress_without_a_terminal(tmp_path: Path, tpl: Path, smtp: Serv
     assert "\x1b[" not in result.output and "\r" not in result.output
 
 
-def test_ssl_context_default_is_verifying() -> None:
-    assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED
+def test_progress_bar_on_a_terminal(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    controller, _ = smtp
+    listing = people(tmp_path, 40)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(smtp_env(controller), COLUMNS="120")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "mailer", "send", str(listing), "--template",
+                             "t", "--templates-dir", str(tpl)], env=env, stdin=follower,
+                            stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    out = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 10)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(10)
+    os.close(leader)
+    text = out.decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    assert "\x1b[" in text and "sending" in text and "40/40" in text  # the rich bar
+    assert "sent 40, failed 0 (permanent), deferred 0 (temporary)" in text
+    assert "sending 40 messages" not in text  # the plain start line is for cron only
+
+
+def test_test_send_names_a_rejected_test_address(tmp_path: Path, tpl: Path,
+                                                 smtp: Server) -> None:
+    controller, handler = smtp
+    handler.reject["sjekk@example.net"] = "550 5.1.1 no such user"
+    result = send(tpl, people(tmp_path, 2), smtp_env(controller), "--test-to",
+                  "sjekk@example.net")
+    assert result.exit_code == 1
+    assert "rejected: sjekk@example.net: 550 5.1.1 no such user" in result.output
+    assert "0 sent, 1 failed" in result.output
 
 
 def test_rate_limiter_never_bursts_even_after_the_loop_stalls() -> None:

@@ -205,15 +205,22 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
+def slow_run_under_way(tpl: Path, path: Path, env: dict[str, str], handler: Recorder,
+                       received: int) -> subprocess.Popen[str]:
+    """A run on 4 connections against a slow server, once the server has some messages."""
+    handler.data_delay = 0.05
+    proc = spawn(tpl, path, env, "--concurrency", "4")
+    wait_for(lambda: len(handler.messages) >= received)
+    return proc
+
+
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_sigkill_mid_run_then_resume(tmp_path: Path, tpl: Path, smtp: Server,
                                      processes: str) -> None:
     controller, handler = smtp
     env = smtp_env(controller, MAILER_PROCESSES=processes)
     path = listing(tmp_path, 80)
-    handler.data_delay = 0.05
-    proc = spawn(tpl, path, env, "--concurrency", "4")
-    wait_for(lambda: len(handler.messages) >= 20)
+    proc = slow_run_under_way(tpl, path, env, handler, 20)
     proc.kill()
     proc.wait(10)
     time.sleep(0.5)  # let the server finish what was in flight
@@ -238,9 +245,7 @@ def test_sigterm_stops_gracefully_no_duplicate_on_resume(tmp_path: Path, tpl: Pa
     controller, handler = smtp
     env = smtp_env(controller, MAILER_PROCESSES=processes)
     path = listing(tmp_path, 80)
-    handler.data_delay = 0.05
-    proc = spawn(tpl, path, env, "--concurrency", "4")
-    wait_for(lambda: len(handler.messages) >= 10)
+    proc = slow_run_under_way(tpl, path, env, handler, 10)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 75, out
@@ -426,3 +431,15 @@ def test_a_row_removed_from_the_list_is_not_sent_nor_counted(tmp_path: Path, tpl
     assert counts(handler) == Counter({"p0@example.org": 1, "p1@example.org": 1})
     row = next(r for r in status_json(env)["recipients"] if r["email"] == "p2@example.org")
     assert row["state"] == "deferred" and row["line"] is None  # history kept, not listed
+
+
+def test_status_and_purge_of_what_is_not_there(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, _ = smtp
+    env = smtp_env(controller)
+    nothing = run("status", env=env)
+    assert nothing.exit_code == 78 and "no journal here" in nothing.output
+    assert send(tpl, listing(tmp_path, 2), env).exit_code == 0
+    typo = run("purge", "--campaign", "t:liste.cvs", env=env)
+    assert typo.exit_code == 65
+    assert "no campaign 't:liste.cvs' (known: t:liste.csv)" in typo.output
+    assert status_json(env)["campaigns"][0]["counts"]["sent"] == 2  # nothing was purged
