@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ class Event(BaseModel):
     url: str | None = None
     organizer: str | None = None
     uid: str | None = None
-    sequence: int = Field(0, ge=0)
+    sequence: int = Field(0, ge=0, le=2**31 - 1)  # RFC 5545: INTEGER is 32-bit signed
 
     @field_validator("timezone")
     @classmethod
@@ -60,6 +61,15 @@ class Event(BaseModel):
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// or http://")
+        if value is not None and (not value.isprintable() or " " in value):
+            raise ValueError("must be one URL without spaces or line breaks")
+        return value
+
+    @field_validator("uid", "summary", "timezone")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("must be one line without control characters")
         return value
 
     @model_validator(mode="after")
@@ -131,15 +141,22 @@ class Event(BaseModel):
         return data
 
 
-def load_event(folder: Path) -> Event | None:
+def load_event(folder: Path, templates_dir: Path) -> Event | None:
     """Read ``event.toml`` of a template folder; None when there is none."""
     path = folder / EVENT_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    real, root = os.path.realpath(path), os.path.realpath(templates_dir)
+    if os.path.commonpath([real, root]) != root:
+        raise InputError(f"{path}: lies outside the templates folder (a symlink?)")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8: save the file as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: {exc}") from None
     try:

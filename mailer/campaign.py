@@ -16,7 +16,14 @@ from .address import Mailbox
 from .calendar import ICS_CONTENT_TYPE, ICS_FILENAME, Event, load_event
 from .errors import TemplateError
 from .message import Attachment, MessageFactory, message_id
-from .recipients import Problem, Recipient, RecipientList, load_suppressions
+from .recipients import (
+    KNOWN_LANGUAGES,
+    Problem,
+    Recipient,
+    RecipientList,
+    language_warning,
+    load_suppressions,
+)
 from .render import Rendered, TemplateSet
 from .settings import Settings
 
@@ -52,6 +59,8 @@ class Report:
     problems: list[str] = field(default_factory=list)  # errors in the list itself
     warnings: list[str] = field(default_factory=list)
     languages: dict[str, int] = field(default_factory=dict)
+    fallback: int = 0  # recipients whose language has no variant (they get the default)
+    fallback_language: str = ""
     # a template error (without the recipient line) → the list lines it happened on
     template_errors: dict[str, list[int]] = field(default_factory=dict)
 
@@ -90,6 +99,9 @@ class Report:
                  n(len(self.warnings), "warning")]
         if self.suppressed:
             parts.append(f"{self.suppressed} suppressed (would be skipped)")
+        if self.fallback:
+            parts.append(f"{self.fallback} with an unknown language got "
+                         f"{self.fallback_language or 'the default'}")
         if self.languages:
             parts.append("by language: " + " / ".join(f"{lang} {count}" for lang, count
                                                       in sorted(self.languages.items())))
@@ -121,7 +133,7 @@ class Campaign:
         templates_dir = settings.templates_dir
         folder = templates_dir / template
         if folder.is_dir():
-            self.event = load_event(folder)
+            self.event = load_event(folder, templates_dir)
         self.templates = TemplateSet(templates_dir, template, variables=variables,
                                      default_language=settings.language,
                                      extra={"event": self.event},
@@ -165,10 +177,16 @@ class Campaign:
         items = self.listing.scan()
         first = next(items, None)  # reads the header row: the columns are known from here
         missing: list[str] = []
+        subject_uses: set[str] = set()
+        default = self.settings.language
+        known: set[str] = set(KNOWN_LANGUAGES)
         if self.templates is not None:
             missing = self.templates.missing_variables(self.listing.headers)
             if k == 0:
                 report.problems.extend(missing)
+            subject_uses = self.templates.subject_variables()
+            known = {lang or default for lang in self.templates.variants}
+        report.fallback_language = default
         ordinal = -1
         for item in itertools.chain([first] if first is not None else [], items):
             if isinstance(item, Problem):
@@ -180,6 +198,15 @@ class Campaign:
             if k == 0:
                 report.rows += 1
                 report.recipients += 1
+                why = language_warning(item.language, known, default)
+                if why is not None:
+                    report.fallback += 1
+                    report.warnings.append(str(Problem(report.path, item.line, why, True)))
+                for column in item.multiline:
+                    if column in subject_uses:
+                        report.problems.append(str(Problem(
+                            report.path, item.line, f"column '{column}' holds a line break "
+                                                    f"and the subject uses it")))
             if item.address.key in self.suppressed:
                 report.suppressed += k == 0
                 continue

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -14,7 +16,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from .errors import EXIT_TEMPFAIL, MailerError
+from .errors import EXIT_CONFIG, EXIT_TEMPFAIL, MailerError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,12 +32,31 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
         except MailerError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_TEMPFAIL)
+        except BrokenPipeError:
+            # The reader went away (``mailer status --format csv | head -1``): what it
+            # wanted it has; end quietly, and keep Python from complaining at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
+        except OSError as exc:  # a full disk, a folder that cannot be written
+            where = f"{exc.filename}: " if exc.filename else ""
+            code = EXIT_CONFIG if exc.errno in _CONFIG_ERRNOS else EXIT_TEMPFAIL
+            fail(f"{where}{exc.strerror or exc}", code)
+        except sqlite3.Error as exc:
+            fail(f"the journal cannot be used: {exc}", EXIT_TEMPFAIL)
     return wrapper
+
+
+# Errors of the file system that only a change of settings or permissions fixes.
+_CONFIG_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                  errno.EEXIST, errno.ELOOP}
 
 
 def _vars(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, str]:
@@ -59,6 +80,17 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
         parse_rate(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        from .settings import parse_duration
+
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -146,7 +178,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="N/s, N/min, N/h or N per second [MAILER_RATE_LIMIT, default unlimited].")
 @click.option("--retries", type=click.IntRange(0, 20),
               help="Retries of a temporary failure within the run [default 3].")
-@click.option("--retry-delay", type=click.FloatRange(0), metavar="SECONDS",
+@click.option("--retry-delay", type=click.FloatRange(0, 3600), metavar="SECONDS",
               help="First retry delay, doubled each time, plus jitter [default 2].")
 @click.option("--max-messages", type=click.IntRange(1), metavar="N",
               help="Send at most N messages in this run, then stop (exit 0).")
@@ -154,6 +186,9 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="Worker processes for rendering and sending [MAILER_PROCESSES, default 0: "
                    "two for long lists on a multi-core machine].")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
+@click.option("--retry-for", metavar="DURATION", callback=_duration,
+              help="Give up on a recipient still deferred this long after the first attempt "
+                   "(s, m, h or d) [MAILER_RETRY_FOR, default 3d].")
 @click.option("--test-to", multiple=True, metavar="ADDRESS", callback=_addresses,
               help="Send one recipient's message only to ADDRESS (repeatable); "
                    "the journal is untouched.")
@@ -166,7 +201,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
          max_messages: int | None, processes: int | None, retry_failed: bool,
-         test_to: tuple[str, ...], test_recipient: str | None, quiet: bool) -> None:
+         retry_for: str | None, test_to: tuple[str, ...], test_recipient: str | None,
+         quiet: bool) -> None:
     """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
 
     The whole list is checked and every message rendered before anything is written
@@ -182,7 +218,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     settings = load_settings(templates_dir=templates_dir, journal=journal,
                              concurrency=concurrency, rate_limit=rate_limit,
                              retries=retries, retry_delay=retry_delay,
-                             processes=processes)
+                             processes=processes, retry_for=retry_for)
     campaign = Campaign(settings, recipients, template, variables=variables,
                         suppress=suppress, campaign_id=campaign_id)
     reporter = Reporter(quiet=quiet)
@@ -194,7 +230,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
         return
     options = delivery.SendOptions(
         concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
-        retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed)
+        retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
+        retry_for=settings.retry_for_seconds)
     if test_to:
         result = delivery.test_send(campaign, list(test_to), test_recipient, options, reporter)
     else:
@@ -251,13 +288,14 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
 @handle_errors
 def purge(campaign_id: str, journal: Path | None) -> None:
     """Delete a finished campaign's rows (names, addresses) and compact the journal."""
-    from .journal import Journal
+    from .journal import CampaignLock, Journal
     from .settings import load_settings
 
     path = load_settings(journal=journal).journal
     with Journal(path, create=False) as db:
         db.require_campaign(campaign_id)  # a typo must not look like a purge that worked
-        deleted = db.purge(campaign_id)
+        with CampaignLock(path, campaign_id):  # never under a running send's feet
+            deleted = db.purge(campaign_id)
     click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from {path}")
 
 

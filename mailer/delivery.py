@@ -33,6 +33,7 @@ class SendOptions:
     retry_delay: float = 2.0
     max_messages: int | None = None
     retry_failed: bool = False
+    retry_for: float = 3 * 86400.0  # seconds a guest may stay deferred across runs
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Result:
     def exit_code(self) -> int:
         if self.stats.deferred or self.stats.stopped:
             return EXIT_TEMPFAIL
-        if self.stats.failed:
+        if self.stats.failed or self.stats.expired:
             return EXIT_REJECTED
         return EXIT_OK
 
@@ -145,11 +146,12 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
             journal.sync(campaign.id, campaign.template, str(campaign.listing.path),
                          ((r.address.key, r.email, r.name, r.line, s)
                           for r, s in campaign.recipients()))
+            expired = journal.expire(campaign.id, options.retry_for)
             before = journal.counts(campaign.id)[campaign.id]
             todo = journal.remaining(campaign.id, options.retry_failed)
         result = Result(Stats(), skipped=before["sent"], suppressed=before["suppressed"])
         if not options.retry_failed:
-            result.skipped += before["failed"]
+            result.skipped += before["failed"] - len(expired)
         if todo:
             n = send_processes(campaign, options, todo)
             total = min(todo, options.max_messages or todo)
@@ -165,6 +167,7 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                 reporter.stop()
             with Journal(journal_path) as journal:
                 result.remaining = journal.remaining(campaign.id, options.retry_failed)
+        result.stats.expired = expired
     reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
                      remaining=result.remaining, failed=result.exit_code != EXIT_OK)
     return result

@@ -1,9 +1,13 @@
-"""Files that hold personal data (journal, outbox): owner-only, whatever the umask."""
+"""Files that hold personal data (journal, outbox, locks): owner-only, whatever the umask,
+and never through a symlink (cron may run as root: a planted link must not make mailer
+overwrite or truncate its target)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def private_dir(path: Path) -> Path:
@@ -12,7 +16,7 @@ def private_dir(path: Path) -> Path:
     A folder that already exists is left as it is: it may be the user's working folder."""
     missing = []
     probe = path
-    while not probe.exists() and probe != probe.parent:
+    while not os.path.lexists(probe) and probe != probe.parent:
         missing.append(probe)
         probe = probe.parent
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -21,11 +25,25 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def private_file(path: Path) -> Path:
-    """Create (or truncate nothing of) a file with mode 0600 and return its path."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+def open_private(path: Path, flags: int = os.O_RDWR) -> int:
+    """Open (creating when missing) a file with mode 0600, never through a symlink: a
+    symlink in its place is an OSError (ELOOP). Returns the descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         os.fchmod(fd, 0o600)
-    finally:
+    except OSError:
         os.close(fd)
+        raise
+    return fd
+
+
+def private_file(path: Path) -> Path:
+    """Create a file with mode 0600 (truncating nothing) and return its path."""
+    os.close(open_private(path, os.O_WRONLY))
     return path
+
+
+def new_private_file(path: Path) -> int:
+    """Create a new file with mode 0600; an OSError when anything (a file, a symlink) is
+    already there. Returns a descriptor open for writing."""
+    return open_private(path, os.O_WRONLY | os.O_EXCL)

@@ -26,10 +26,10 @@ from typing import Any
 
 from .campaign import Job
 from .errors import ConfigError, InputError, TemporaryError
-from .files import private_dir, private_file
+from .files import open_private, private_dir, private_file
 from .sender import Outcome
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
 
 _SCHEMA = """
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     code INTEGER,
     reply TEXT,
     message_id TEXT,
+    first_attempt TEXT,
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
     PRIMARY KEY (campaign, key)
@@ -65,6 +66,14 @@ DROP INDEX IF EXISTS deliveries_state;
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _duration(seconds: float) -> str:
+    """``3d``, ``12h``, ``30m`` or ``45s``: the largest unit that divides it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,9 @@ class Journal:
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
+        if path.is_symlink():
+            raise ConfigError(f"{path}: the journal is a symbolic link: refusing to follow it "
+                              f"(give the real path with --journal or MAILER_JOURNAL)")
         if not path.exists():
             if not create:
                 raise ConfigError(f"{path}: no journal here (nothing has been sent with it)")
@@ -104,6 +116,9 @@ class Journal:
                 raise ConfigError(f"{path}: written by a newer mailer (journal version "
                                   f"{version}); upgrade mailer to use it")
             self.db.executescript(_SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
+            if "first_attempt" not in columns:  # a version 2 journal
+                self.db.execute("ALTER TABLE deliveries ADD COLUMN first_attempt TEXT")
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path}: not a usable journal: {exc}") from None
@@ -183,6 +198,21 @@ class Journal:
                               (campaign, *states)).fetchone()
         return int(row[0])
 
+    def expire(self, campaign: str, older_than: float) -> list[tuple[str, str]]:
+        """Give up on guests still deferred ``older_than`` seconds after their first
+        attempt, as an MTA does: they become failed ("expired"). Returns (email, reply)."""
+        cutoff = datetime.fromtimestamp(datetime.now(UTC).timestamp() - older_than, UTC)
+        with self.transaction() as db:
+            rows = db.execute(
+                "UPDATE deliveries SET state = 'failed', updated = ?, reply = "
+                "'expired: still deferred ' || ? || ' after the first attempt (last reply: ' "
+                "|| coalesce(code || ' ', '') || coalesce(reply, '') || ')' "
+                "WHERE campaign = ? AND state = 'deferred' AND line IS NOT NULL "
+                "AND first_attempt IS NOT NULL AND first_attempt <= ? RETURNING email, reply",
+                (_now(), _duration(older_than), campaign,
+                 cutoff.isoformat(timespec="seconds"))).fetchall()
+        return [(str(email), str(reply)) for email, reply in rows]
+
     def recorder(self, campaign: str) -> JournalRecorder:
         return JournalRecorder(self, campaign)
 
@@ -257,8 +287,11 @@ class Journal:
                     "WHERE campaign = ? AND key = ?", self._results)
             if self._sending:
                 self.db.executemany(
-                    "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, "
-                    "message_id = ?, updated = ? WHERE campaign = ? AND key = ?", self._sending)
+                    "UPDATE deliveries SET first_attempt = CASE WHEN state = 'failed' "
+                    "OR first_attempt IS NULL THEN ?2 ELSE first_attempt END, "
+                    "state = 'sending', attempts = attempts + 1, "
+                    "message_id = ?1, updated = ?2 WHERE campaign = ?3 AND key = ?4",
+                    self._sending)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -326,14 +359,18 @@ class CampaignLock:
         self._fd: int | None = None
 
     def __enter__(self) -> CampaignLock:
-        private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            private_dir(self.path.parent)
+            fd = open_private(self.path)
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot create the lock file: "
+                              f"{exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise TemporaryError(f"campaign {self.campaign!r} is being sent by {holder} "
+            raise TemporaryError(f"campaign {self.campaign!r} is in use by {holder} "
                                  f"(lock {self.path}); try again when it has finished"
                                  ) from None
         os.ftruncate(fd, 0)

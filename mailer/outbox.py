@@ -7,18 +7,20 @@ written as the messages come, so a long list is never held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import re
+import tempfile
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from .campaign import Job
-from .errors import ConfigError
-from .files import private_dir, private_file
+from .errors import ConfigError, TemporaryError
+from .files import new_private_file, open_private, private_dir
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
 _OURS = re.compile(r"\d{5,}-[A-Za-z0-9._@+-]+\.eml\Z")
@@ -32,8 +34,15 @@ def _script_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+MANIFEST = ".mailer-outbox"
+
+
 class Outbox:
-    """Write messages into a folder; use as a context manager."""
+    """Write messages into a folder; use as a context manager.
+
+    A manifest (``.mailer-outbox``) lists every file a dry run writes there, as it writes
+    it. The next dry run deletes exactly those and nothing else; a folder that holds
+    anything and has no manifest is not an outbox and is refused."""
 
     def __init__(self, folder: Path, title: str, attachments: list[str]) -> None:
         self.folder = folder
@@ -45,27 +54,59 @@ class Outbox:
 
     def __enter__(self) -> Outbox:
         try:
-            private_dir(self.folder)
-            for old in self.folder.glob("*.eml"):
-                if _OURS.match(old.name):  # a previous dry run's, never anyone else's
-                    old.unlink()
+            self._clear()
+            manifest = open_private(self.folder / MANIFEST, os.O_WRONLY | os.O_TRUNC)
+            self._manifest = os.fdopen(manifest, "w", encoding="utf-8")
+            self._manifest.write("index.html\n")
+            fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=self.folder)
+            self._index_tmp = Path(tmp)
+            self._page = os.fdopen(fd, "w", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{self.folder}: cannot use the outbox folder: "
                               f"{exc.strerror}") from None
         template = resources.files("mailer").joinpath("preview.html").read_text("utf-8")
         head, _, self._tail = template.partition("<!--ROWS-->")
-        self._index_tmp = self.folder / ".index.html.tmp"
-        self._page = private_file(self._index_tmp).open("w", encoding="utf-8")
-        self._page.write(head.replace("__TITLE__", html.escape(self.title)))
+        self._write(head.replace("__TITLE__", html.escape(self.title)))
         return self
+
+    def _clear(self) -> None:
+        """Delete what the previous dry run wrote here (by its manifest), or refuse a
+        folder that holds files mailer did not write."""
+        if not self.folder.exists():
+            private_dir(self.folder)
+            return
+        manifest = self.folder / MANIFEST
+        if manifest.is_symlink() or (not manifest.exists() and any(self.folder.iterdir())):
+            raise ConfigError(f"{self.folder}: the folder holds files that mailer did not "
+                              f"write: give --outbox an empty or new folder")
+        if not manifest.exists():
+            return
+        for name in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+            if name == "index.html" or _OURS.match(name):  # never a path, never '..'
+                (self.folder / name).unlink(missing_ok=True)
+
+    def _write(self, text: str) -> None:
+        assert self._page is not None
+        try:
+            self._page.write(text)
+        except OSError as exc:
+            raise TemporaryError(f"{self._index_tmp}: cannot write: {exc.strerror}") from None
 
     def write(self, job: Job) -> Path:
         assert self._page is not None
         self.count += 1
         safe = _UNSAFE_NAME.sub("_", job.email)[:80]
         path = self.folder / f"{self.count:05d}-{safe}.eml"
-        with private_file(path).open("wb") as handle:
-            handle.write(job.data)
+        try:
+            self._manifest.write(f"{path.name}\n")
+            self._manifest.flush()
+            with os.fdopen(new_private_file(path), "wb") as handle:
+                handle.write(job.data)
+        except FileExistsError:
+            raise ConfigError(f"{path}: a file that mailer did not write is in the way "
+                              f"(nothing was overwritten)") from None
+        except OSError as exc:
+            raise TemporaryError(f"{path}: cannot write: {exc.strerror}") from None
         rendered = job.rendered if self.count <= PREVIEW_LIMIT else None
         to = f"{job.name} <{job.email}>" if job.name else job.email
         payload = {
@@ -75,7 +116,7 @@ class Outbox:
             f"Only the first {PREVIEW_LIMIT} messages are shown here: open {path.name}.",
         }
         esc = html.escape
-        self._page.write(
+        self._write(
             f'<tr data-i="{self.count}" id="m{self.count}" aria-selected="false">'
             f"<td>{self.count}</td><td>{esc(job.name)}<br><small>{esc(job.email)}</small></td>"
             f"<td>{esc(job.lang)}</td><td>{esc(job.subject)}</td>"
@@ -87,11 +128,17 @@ class Outbox:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         assert self._page is not None
-        self._page.write(self._tail)
-        self._page.close()
-        if kind is None:
-            os.replace(self._index_tmp, self.index)
-        else:
+        try:
+            if kind is None:
+                self._write(self._tail)
+                self._page.close()
+                os.replace(self._index_tmp, self.index)  # replaces a link, never its target
+        except OSError as error:
+            raise TemporaryError(f"{self.index}: cannot write: {error.strerror}") from None
+        finally:
+            for handle in (self._page, self._manifest):
+                with contextlib.suppress(OSError):
+                    handle.close()
             self._index_tmp.unlink(missing_ok=True)
 
     @property

@@ -9,11 +9,11 @@ addresses seen (for duplicates).
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .address import Address, AddressError, check_address
 from .errors import InputError
@@ -29,14 +29,21 @@ _LANGUAGE_ALIASES = {
     "english": "en", "engelsk": "en", "eng": "en",
 }
 
-# C0 controls (tab, CR and LF included), DEL, C1 controls, the Unicode line and paragraph
-# separators, and lone surrogates (bytes that were not UTF-8, kept by surrogateescape).
+# C0 controls but CR and LF, DEL, C1 controls, the Unicode line and paragraph separators:
+# never allowed in a field. CR and LF (a line break typed with Alt+Enter in Excel) are
+# allowed, except in the columns that reach a header (address, name, language). Lone
+# surrogates are bytes that were not UTF-8, kept by surrogateescape.
 _SEP = "\x1f"  # joins the fields of a row for one search of both patterns below
-_CONTROLS_BUT_SEP = "\x00-\x1e\x7f-\x9f\u2028\u2029"
+_CONTROLS = "\x00-\x09\x0b\x0c\x0e-\x1e\x7f-\x9f\u2028\u2029"
 _SURROGATES = "\udc80-\udcff"
-_CONTROL = re.compile(f"[{_CONTROLS_BUT_SEP}{_SEP}]")
+_CONTROL = re.compile(f"[{_CONTROLS}{_SEP}]")
 _NOT_UTF8 = re.compile(f"[{_SURROGATES}]")
-_BAD_IN_ROW = re.compile(f"[{_CONTROLS_BUT_SEP}{_SURROGATES}]")  # a lookahead is 3x slower
+_BAD_IN_ROW = re.compile(f"[{_CONTROLS}{_SURROGATES}]")  # a lookahead is 3x slower
+_BREAK = re.compile(r"\r\n?|\n")
+# Longest field accepted (Python's csv default is 131,072 characters).
+FIELD_LIMIT = 1_000_000
+KNOWN_LANGUAGES = ("nb", "nn", "en")
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}\Z")
 
 
 @dataclass(slots=True)
@@ -49,6 +56,7 @@ class Recipient:
     language: str | None
     headers: Sequence[str] = ()
     row: Sequence[str] = ()
+    multiline: tuple[str, ...] = ()  # headers of the columns whose value holds a line break
 
     @property
     def email(self) -> str:
@@ -76,7 +84,7 @@ class Problem:
 
 
 def normalize_language(value: str) -> str | None:
-    """``nb-NO`` → ``nb``, ``Nynorsk`` → ``nn``, empty → None."""
+    """``nb-NO`` → ``nb``, ``Nynorsk`` → ``nn``, empty → None; anything else lower-cased."""
     value = value.strip().lower()
     if not value:
         return None
@@ -99,20 +107,34 @@ def _sniff_delimiter(header_line: str) -> str:
     return best if counts[best] else ","
 
 
-class _Lines:
-    """Decode a binary file line by line (surrogateescape), counting physical lines."""
+def _encoding_problem(head: bytes) -> str | None:
+    """Why the start of a file shows it is not UTF-8 text (UTF-16, binary), or None."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+            len(head) >= 4 and head.count(0) * 3 >= len(head)):
+        return "the file is UTF-16 (Excel's 'Unicode text'): save it as 'CSV UTF-8'"
+    if b"\x00" in head[:1024] and head.count(0) * 3 < len(head):
+        return "the file holds NUL bytes: it is not a CSV file"
+    return None
 
-    def __init__(self, raw: Iterable[bytes]) -> None:
-        self._raw = iter(raw)
-        self.first = True
+
+class _Lines:
+    """The physical lines of a file (LF, CRLF or CR alone, as Excel for Mac writes), each
+    kept until the record it belongs to has been read, and counted."""
+
+    def __init__(self, lines: Iterator[str], before: int = 0) -> None:
+        self._lines = lines
+        self.count = before  # physical lines read so far
+        self.record: list[str] = []  # the lines of the record being read
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self._raw:
-            text = chunk.decode("utf-8", "surrogateescape")
-            if self.first:
-                text = text.removeprefix("\ufeff")
-                self.first = False
-            yield text
+        for line in self._lines:
+            self.count += 1
+            self.record.append(line)
+            yield line
+
+    def take(self) -> list[str]:
+        record, self.record = self.record, []
+        return record
 
 
 @dataclass
@@ -140,45 +162,70 @@ class RecipientList:
         except OSError as exc:
             raise InputError(f"{shown}: cannot read the list: {exc.strerror}") from None
         with handle:
-            lines = _Lines(handle)
-            stream = iter(lines)
+            why = _encoding_problem(handle.peek(4096)[:4096])
+            if why is not None:
+                raise InputError(f"{shown}:1: {why}")
+            # newline="": lines end at LF, CRLF or CR, and keep their ends for csv.
+            text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape",
+                                    newline="")
+            stream = iter(text)
             first = next(stream, None)
-            while first is not None and not first.strip():
+            blank = 0
+            while first is not None and not first.strip(" \t\r\n\ufeff;,"):
+                blank += 1
                 first = next(stream, None)
             if first is None:
                 raise InputError(f"{shown}:1: the list is empty: expected a header row "
                                  f"with an email column")
+            first = first.removeprefix("\ufeff")
+            header_line = blank + 1
             if _NOT_UTF8.search(first):
-                raise InputError(f"{shown}:1: the file is not UTF-8: save it as "
+                raise InputError(f"{shown}:{header_line}: the file is not UTF-8: save it as "
                                  f"'CSV UTF-8' and try again")
             delimiter = _sniff_delimiter(first)
-
-            def chained() -> Iterator[str]:
-                yield first
-                yield from stream
-
-            reader = csv.reader(chained(), delimiter=delimiter, strict=False)
-            self.headers = [h.strip() for h in next(reader)]
+            headers = next(csv.reader([first], delimiter=delimiter, strict=False), [])
+            self.headers = [h.strip() for h in headers]
             email = _find(self.headers, EMAIL_COLUMNS)
             if email is None:
                 raise InputError(
-                    f"{shown}:1: no email column: expected one of "
+                    f"{shown}:{header_line}: no email column: expected one of "
                     f"{', '.join(EMAIL_COLUMNS)} (found: {', '.join(self.headers)})")
             self.email_column = email
             self.name_column = _find(self.headers, NAME_COLUMNS)
             self.language_column = _find(self.headers, LANGUAGE_COLUMNS)
-            yield from self._records(reader, shown, delimiter)
+            yield from self._records(_Lines(stream, header_line), shown, delimiter, {})
 
-    def _records(self, reader: Any, shown: str, delimiter: str) -> Iterator[Recipient | Problem]:
+    def _records(self, lines: _Lines, shown: str, delimiter: str,
+                 seen: dict[str, int]) -> Iterator[Recipient | Problem]:
         headers = self.headers
         width = len(headers)
         email_col, name_col, lang_col = self.email_column, self.name_column, self.language_column
         email_header = headers[email_col]
-        seen: dict[str, int] = {}
-        start = 2
-        for row in reader:
-            line = start
-            start = reader.line_num + 1
+        header_bound = {email_col} | {c for c in (name_col, lang_col) if c is not None}
+        csv.field_size_limit(FIELD_LIMIT)
+        reader = csv.reader(lines, delimiter=delimiter, strict=False)
+        while True:
+            line = lines.count + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if "field larger" in str(exc):
+                    yield Problem(shown, line, f"a field is longer than {FIELD_LIMIT:,} "
+                                               f"characters: check for a stray '\"'")
+                else:
+                    yield Problem(shown, line, f"cannot read the record: {exc}")
+                return  # what follows cannot be read reliably
+            raw = lines.take()
+            if len(raw) > 1 and sum(part.count('"') for part in raw) % 2:
+                # A quote opened and never closed: the reader swallowed every line to the
+                # end. Say so, then read the lines after this one again as records.
+                yield Problem(shown, line, f"a quoted field opens on this line and never "
+                                           f"closes (it swallows lines {line}–{lines.count}):"
+                                           f" check for a stray '\"'")
+                yield from self._records(_Lines(iter(raw[1:]), line), shown, delimiter, seen)
+                return
             if len(row) > width:
                 yield Problem(shown, line, f"{len(row)} fields but the header has {width}: "
                                            f"quote fields that hold '{delimiter}'")
@@ -189,6 +236,14 @@ class RecipientList:
             if _BAD_IN_ROW.search(joined):
                 yield self._field_problem(row, shown, line)
                 continue
+            multiline: tuple[str, ...] = ()
+            if len(raw) > 1 or "\r" in joined or "\n" in joined:
+                bad = [c for c, v in enumerate(row) if c in header_bound and _BREAK.search(v)]
+                if bad:
+                    yield Problem(shown, line, f"column '{headers[bad[0]]}' holds a line break")
+                    continue
+                row = [_BREAK.sub("\n", v) for v in row]
+                multiline = tuple(headers[c] for c, v in enumerate(row) if "\n" in v)
             if len(row) < width:
                 row += [""] * (width - len(row))
             raw_email = row[email_col].strip()
@@ -215,6 +270,7 @@ class RecipientList:
                 language=normalize_language(row[lang_col]) if lang_col is not None else None,
                 headers=headers,
                 row=row,
+                multiline=multiline,
             )
 
     def _field_problem(self, row: list[str], shown: str, line: int) -> Problem:
@@ -224,20 +280,22 @@ class RecipientList:
                                             f"UTF-8: save the file as 'CSV UTF-8'")
             found = _CONTROL.search(value)
             if found:
-                what = {"\r": "a carriage return (CR)", "\n": "a line break (LF)",
-                        "\t": "a tab"}.get(found.group(), f"control character "
-                                                         f"U+{ord(found.group()):04X}")
+                what = {"\t": "a tab"}.get(found.group(), f"control character "
+                                                          f"U+{ord(found.group()):04X}")
                 return Problem(shown, line, f"column '{header}' holds {what}")
         return Problem(shown, line, "a field holds a control character")
 
 
 def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:
     """Read suppression files: one address a line (``#`` comments) or a CSV with an email
-    column. Return the case-folded addresses; unreadable entries are ignored."""
+    column. Return the case-folded addresses. A line that is not an address is an
+    InputError naming the file and line: for people who asked not to be mailed, a typo must
+    not pass unnoticed."""
     found: set[str] = set()
+    problems: list[str] = []
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8-sig", errors="replace")
+            text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
         except OSError as exc:
             raise InputError(f"{path}: cannot read the suppression list: "
                              f"{exc.strerror}") from None
@@ -245,16 +303,28 @@ def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:
                       and not ln.lstrip().startswith("#")), "")
         looks_csv = any(d in first for d in ";,\t") or _find([first.strip()], EMAIL_COLUMNS) == 0
         if looks_csv:
-            listing = RecipientList(path)
-            for item in listing.scan():
+            for item in RecipientList(path).scan():
                 if isinstance(item, Recipient):
                     found.add(item.address.key)
+                elif not item.warning:
+                    problems.append(str(item))
             continue
-        for raw in text.splitlines():
+        for number, raw in enumerate(text.splitlines(), start=1):
             entry = raw.split("#", 1)[0].strip()
-            if entry:
-                try:
-                    found.add(check_address(entry).key)
-                except AddressError:
-                    found.add(entry.casefold())
+            if not entry:
+                continue
+            try:
+                found.add(check_address(entry).key)
+            except AddressError as exc:
+                problems.append(f"{path}:{number}: not an address {entry!r}: {exc}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(f"{problems[0]}{more}")
     return frozenset(found)
+
+
+def language_warning(value: str | None, known: Iterable[str], fallback: str) -> str | None:
+    """Why a recipient's language will not be served (it gets the fallback), or None."""
+    if value is None or value in known:
+        return None
+    return f"unknown language {value!r}: gets the fallback ({fallback})"

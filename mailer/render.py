@@ -9,6 +9,7 @@ immutable sandbox with strict undefined variables and HTML autoescaping.
 from __future__ import annotations
 
 import keyword
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,8 +19,13 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.html_engine import Inscriptis
+from inscriptis.model.config import ParserConfig
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from lxml.etree import ParserError
+from lxml.html import document_fromstring
 from markupsafe import Markup
 
 from .errors import ConfigError, TemplateError
@@ -65,15 +71,47 @@ def _is_html(name: str | None) -> bool:
     return name is not None and name.endswith((".html.j2", ".html", ".htm"))
 
 
-def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
-    """The sandboxed environment used for every template of a run."""
+class ConfinedLoader(jinja2.FileSystemLoader):
+    """A FileSystemLoader that refuses any file whose real path (symlinks resolved) lies
+    outside the templates folder: a template, or a symlink planted in it, must never be
+    able to mail out a file such as ``.env``."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root), encoding="utf-8")
+        self.root = os.path.realpath(root)
+
+    def get_source(self, environment: jinja2.Environment, template: str
+                   ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        real = os.path.realpath(filename)
+        if os.path.commonpath([real, self.root]) != self.root:
+            raise jinja2.TemplateNotFound(f"{template} (it lies outside the templates folder)")
+        return source, filename, uptodate
+
+
+def _markdown_escape(value: Any) -> Any:
+    """A value put into a Markdown body: every ASCII punctuation character escaped, so a
+    guest named ``[Klikk her](https://evil.example)`` stays text (Markup is trusted)."""
+    if value is None or isinstance(value, Markup):
+        return value
+    return _MD_SPECIAL.sub(r"\\\g<0>", str(value))
+
+
+_MD_SPECIAL = re.compile(r"[!-/:-@\[-`{-~]")
+
+
+def make_environment(templates_dir: Path, *, markdown: bool = False
+                     ) -> ImmutableSandboxedEnvironment:
+    """The sandboxed environment used for every template of a run; ``markdown`` escapes
+    every value for Markdown (for ``body.md.j2``)."""
     env = ImmutableSandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(templates_dir), encoding="utf-8"),
+        loader=ConfinedLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
         autoescape=_is_html,
         keep_trailing_newline=True,
         auto_reload=False,
         cache_size=-1,
+        finalize=_markdown_escape if markdown else None,
     )
     env.filters["longdate"] = _long_date
     env.filters["clock"] = _clock
@@ -106,6 +144,8 @@ def describe_error(exc: BaseException) -> str:
         return f"template not found: {exc.name}"
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return f"syntax error: {exc.message}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8: save the file as UTF-8"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -148,6 +188,8 @@ class TemplateSet:
             raise TemplateError(f"{self.folder}: no such template{hint}")
         self.env = make_environment(templates_dir)
         self.env.globals.update(variables)
+        self.md_env = make_environment(templates_dir, markdown=True)
+        self.md_env.globals.update(variables)
         # per-run values shared by all recipients (event, ...)
         self.extra = {"unsubscribe_url": None, **extra}
         self._unsubscribe: jinja2.Template | None = None
@@ -206,12 +248,15 @@ class TemplateSet:
         """The variant for a language, else the fallback; None when there is neither."""
         return self.variants.get(language) or self.variants.get(None)
 
+    def _env_for(self, name: str) -> ImmutableSandboxedEnvironment:
+        return self.md_env if name.endswith(".md.j2") else self.env
+
     def _template(self, name: str) -> jinja2.Template:
         template = self._compiled.get(name)
         if template is None:
             try:
-                template = self.env.get_template(name)
-            except jinja2.TemplateError as exc:
+                template = self._env_for(name).get_template(name)
+            except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
                 where = _error_location(exc, str(self.templates_dir / name))
                 if not where.startswith(str(self.templates_dir)) and not Path(where).is_absolute():
                     where = str(self.templates_dir / where)
@@ -225,23 +270,54 @@ class TemplateSet:
         """Every variable the templates read but do not set: name → (file, line)."""
         used: dict[str, tuple[str, int]] = {}
         seen: set[str] = set()
+        edges: list[tuple[str, str]] = []  # (includer, included), to name the includer
         todo = [n for v in self.variants.values() for n in v.files.values()]
         while todo:
             name = todo.pop()
             if name in seen:
                 continue
             seen.add(name)
-            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
             try:
+                source, filename, _ = self.loader.get_source(self.env, name)
                 ast = self.env.parse(source, name, filename)
             except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(f"{filename}:{exc.lineno}: {describe_error(exc)}") from None
+                raise TemplateError(f"{exc.filename}:{exc.lineno}: "
+                                    f"{describe_error(exc)}") from None
+            except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
+                where = self.templates_dir / name
+                for parent, child in edges:
+                    if child == name:
+                        where = self.templates_dir / parent
+                raise TemplateError(f"{where}: {describe_error(exc)}") from None
             undeclared = meta.find_undeclared_variables(ast)
             for node in ast.find_all(nodes.Name):
                 if node.ctx == "load" and node.name in undeclared and node.name not in used:
                     used[node.name] = (str(filename), node.lineno)
-            todo.extend(t for t in meta.find_referenced_templates(ast) if t)
+            for included in meta.find_referenced_templates(ast):
+                if included:
+                    edges.append((name, included))
+                    todo.append(included)
         return used
+
+    @property
+    def loader(self) -> ConfinedLoader:
+        assert isinstance(self.env.loader, ConfinedLoader)
+        return self.env.loader
+
+    def subject_variables(self) -> set[str]:
+        """The variables and ``recipient["column"]`` columns the subjects read: a value
+        with a line break there would reach a header."""
+        found: set[str] = set()
+        for variant in self.variants.values():
+            name = variant.files["subject"]
+            source, filename, _ = self.loader.get_source(self.env, name)
+            ast = self.env.parse(source, name, filename)
+            found |= meta.find_undeclared_variables(ast)
+            for node in ast.find_all(nodes.Getitem):
+                if isinstance(node.node, nodes.Name) and node.node.name == "recipient" \
+                        and isinstance(node.arg, nodes.Const):
+                    found.add(str(node.arg.value))
+        return found
 
     def missing_variables(self, headers: Iterable[str]) -> list[str]:
         """``file:line: ...`` for each variable that no column, --var or built-in provides."""
@@ -268,11 +344,12 @@ class TemplateSet:
         copy): the context already holds them. Errors get Jinja's traceback rewrite, so
         they point at template lines."""
         template = self._compiled[name]
+        env = template.environment
         try:
-            return self.env.concat(
+            return env.concat(
                 template.root_render_func(template.new_context(ctx, shared=True)))
         except Exception:
-            self.env.handle_exception()
+            env.handle_exception()
 
     def context(self, recipient: Recipient, lang: str) -> dict[str, Any]:
         fields = recipient.fields
@@ -316,8 +393,8 @@ class TemplateSet:
             text = html = None
             if "markdown" in files:
                 current = files["markdown"]
-                text = self._call(current, ctx)
-                content = Markup(self._markdown(text))  # noqa: S704 - escaped by markdown-it
+                source = self._call(current, ctx)  # values escaped for Markdown
+                content = Markup(self._markdown(source))  # noqa: S704 - escaped by markdown-it
                 if "html" in files:
                     current = files["html"]
                     html = self._call(current, dict(ctx, content=content))
@@ -372,30 +449,34 @@ def inline_css(html: str) -> str:
 
 
 def html_to_text(html: str) -> str:
-    """Readable plain text from HTML: paragraphs and lists kept, links as ``text (url)``."""
-    import html2text
+    """Readable plain text from HTML: paragraphs and lists kept, links as ``text (url)``.
 
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_images = False
-    converter.images_to_alt = True
-    converter.ignore_emphasis = True
-    converter.ignore_tables = False
-    converter.inline_links = True
-    converter.protect_links = False
-    converter.unicode_snob = True
-    converter.single_line_break = False
-    text: str = converter.handle(html)
-    text = _MD_LINK.sub(_link_as_text, text)
+    inscriptis (Apache-2.0) lays out the text as a browser would (blocks, lists, tables);
+    links are marked in the tree first, so text that only looks like a link stays text."""
+    if not html.strip():
+        return "\n"
+    try:
+        tree = document_fromstring(html)
+    except ParserError:
+        return "\n"
+    for anchor in tree.iter("a"):
+        href = (anchor.get("href") or "").strip()
+        if not href or href.startswith("#"):
+            continue
+        target = href.removeprefix("mailto:")
+        label = anchor.text_content().strip()
+        if not label or label in (href, target):
+            for child in list(anchor):
+                anchor.remove(child)
+            anchor.text = target
+        elif len(anchor):
+            anchor[-1].tail = f"{anchor[-1].tail or ''} ({target})"
+        else:
+            anchor.text = f"{anchor.text or ''} ({target})"
+    text: str = Inscriptis(tree, _TEXT_CONFIG).get_text()
+    text = "\n".join(line.rstrip() for line in text.splitlines())
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
-_MD_LINK = re.compile(r"\[([^\]]*)\]\(<?([^)>\s]+)>?(?:\s+\"[^\"]*\")?\)")
-
-
-def _link_as_text(match: re.Match[str]) -> str:
-    label, url = match.group(1).strip(), match.group(2)
-    target = url.removeprefix("mailto:")
-    if not label or label in (url, target):
-        return url if not url.startswith("mailto:") else target
-    return f"{label} ({target})"
+_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=False,
+                            display_anchors=False)

@@ -91,9 +91,13 @@ class Reporter:
         click.echo(text, file=self.stream)
 
     def rejected(self, stats: Stats) -> None:
-        """Every permanently rejected address with the server's reply, even when quiet."""
-        for email, code, reply in stats.rejected:
-            self.line(" ".join(f"rejected: {email}: {code or ''} {reply}".split()))
+        """Every rejected, deferred and expired address with the server's last reply, even
+        when quiet: each needs a human, or explains why the run did not finish."""
+        for kind, found in (("rejected", stats.rejected), ("deferred", stats.postponed)):
+            for email, code, reply in found:
+                self.line(" ".join(f"{kind}: {email}: {code or ''} {reply}".split()))
+        for email, reply in stats.expired:
+            self.line(" ".join(f"expired: {email}: {reply}".split()))
 
     def summary(self, stats: Stats, *, skipped: int, suppressed: int, remaining: int,
                 failed: bool) -> None:
@@ -106,8 +110,10 @@ class Reporter:
         skip = f"skipped {skipped + suppressed}"
         if skipped or suppressed:
             skip += f" ({skipped} done before, {suppressed} suppressed)"
-        text = (f"sent {stats.sent}, failed {stats.failed} (permanent), deferred "
-                f"{stats.deferred} (temporary), {skip}")
+        failed_now = f"failed {stats.failed + len(stats.expired)} (permanent"
+        failed_now += f", {len(stats.expired)} expired)" if stats.expired else ")"
+        text = (f"sent {stats.sent}, {failed_now}, deferred {stats.deferred} (temporary), "
+                f"{skip}")
         if remaining:
             text += f"; {remaining} remain for the next run"
         click.echo(text)

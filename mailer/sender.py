@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import socket
 import ssl
@@ -64,6 +65,8 @@ class Stats:
     failed: int = 0
     deferred: int = 0
     rejected: list[tuple[str, int | None, str]] = field(default_factory=list)
+    postponed: list[tuple[str, int | None, str]] = field(default_factory=list)  # deferred
+    expired: list[tuple[str, str]] = field(default_factory=list)  # deferred too long: failed
     stopped: str | None = None  # why the run stopped early, if it did
 
     def merge(self, other: Stats) -> None:
@@ -72,6 +75,8 @@ class Stats:
         self.failed += other.failed
         self.deferred += other.deferred
         self.rejected += other.rejected
+        self.postponed += other.postponed
+        self.expired += other.expired
         self.stopped = self.stopped or other.stopped
 
 
@@ -90,6 +95,12 @@ class SmtpConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, sender_domain: str) -> SmtpConfig:
+        if settings.smtp_security == "none" and settings.smtp_username \
+                and not is_loopback(settings.smtp_host):
+            raise ConfigError(f"MAILER_SMTP_SECURITY is none and MAILER_SMTP_USERNAME is set: "
+                              f"refusing to send the password in plain text to "
+                              f"{settings.smtp_host} (use starttls or tls; plain AUTH only "
+                              f"to a relay on this machine)")
         return cls(settings.smtp_host, settings.smtp_port, settings.smtp_security,
                    settings.smtp_username, settings.smtp_password, settings.smtp_timeout,
                    helo_name(settings.smtp_helo, sender_domain),
@@ -114,6 +125,16 @@ class SmtpConfig:
         for form in forms:
             text = text.replace(form, "***")
         return text
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.rstrip(".").lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def helo_name(configured: str | None, sender_domain: str) -> str:
@@ -443,6 +464,7 @@ class Delivery:
             self.stats.rejected.append((job.email, code, reply))
         else:
             self.stats.deferred += 1
+            self.stats.postponed.append((job.email, code, reply))
         if self.on_outcome is not None:
             self.on_outcome(job, outcome, code, reply)
         self._release(job)

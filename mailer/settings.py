@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_timeout: float = Field(30.0, gt=0)
+    smtp_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
     smtp_helo: str | None = None
     sender: str | None = None
     reply_to: str | None = None
@@ -39,7 +40,9 @@ class Settings(BaseSettings):
     rate_limit: str | None = None
     messages_per_connection: int = Field(100, ge=1)
     retries: int = Field(3, ge=0, le=20)
-    retry_delay: float = Field(2.0, ge=0)
+    retry_delay: float = Field(2.0, ge=0, le=3600, allow_inf_nan=False)
+    retry_for: str = "3d"  # a deferred guest becomes failed ("expired") this long after
+                           # the first attempt
     unsubscribe_url: str | None = None
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
     processes: int = Field(0, ge=0, le=16)  # 0: automatic (two for long lists on two cores)
@@ -66,7 +69,16 @@ class Settings(BaseSettings):
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_rate(value)
+            try:
+                parse_rate(value)
+            except ValueError:  # its message holds the value: settings never echo one
+                raise ValueError("use N/s, N/min, N/h or a number per second") from None
+        return value
+
+    @field_validator("retry_for")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
         return value
 
     @field_validator("smtp_helo")
@@ -90,8 +102,24 @@ class Settings(BaseSettings):
         return None if self.reply_to is None else parse_mailbox(self.reply_to)
 
     @property
+    def retry_for_seconds(self) -> float:
+        return parse_duration(self.retry_for)
+
+    @property
     def rate(self) -> float | None:
         return None if self.rate_limit is None else parse_rate(self.rate_limit)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z", re.I)
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``3d``, ``12h``, ``30m``, ``90s`` → seconds; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("use a number with s, m, h or d, e.g. 3d")
+    return float(match.group(1)) * _UNIT[match.group(2).lower()]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -102,6 +130,8 @@ def load_settings(**overrides: Any) -> Settings:
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**given)
+    except UnicodeDecodeError:
+        raise ConfigError(".env: not UTF-8: save the file as UTF-8") from None
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         field = str(error["loc"][0]) if error["loc"] else "?"

@@ -4,6 +4,8 @@ import os
 import shutil
 import ssl
 from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,39 @@ from tests.smtpserver import Recorder, RecordingController, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "Digdir <invitasjon@example.org>"
+ENV = {"MAILER_SENDER": SENDER}
+EXAMPLE = ROOT / "recipients" / "eksempel.csv"
+Server = tuple[RecordingController, Recorder]
+
+
+def parse(data: Path | bytes) -> EmailMessage:
+    """A message (a file or its bytes) parsed back with the email package."""
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def people(tmp_path: Path, n: int, extra: str = "", start: int = 0,
+           name: str = "liste.csv") -> Path:
+    """A list of n people p<i>@example.org (``navn;epost``), plus raw ``extra`` rows."""
+    rows = "".join(f"Person {i};p{i}@example.org\n" for i in range(start, start + n))
+    return write(tmp_path / name, "navn;epost\n" + rows + extra)
+
+
+@pytest.fixture
+def tpl(tmp_path: Path) -> Path:
+    """A templates folder with one small template ``t`` (subject, text and HTML)."""
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei {{ name }}", body_txt="Hei {{ name }}\n",
+                  body_html="<p>Hei {{ name }}</p>")
+    return root
+
+
+def send(tpl: Path, listing: Path, env: dict[str, str], *extra: str) -> Result:
+    """``mailer send LISTING --template t`` with short retry delays."""
+    return run("send", str(listing), "--template", "t", "--templates-dir", str(tpl),
+               "--retry-delay", "0.05", *extra, env=env)
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,12 @@ class Received:
         return parsed
 
 
+def _open_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Recorder:
     """The handler: records messages; faults are set per test."""
@@ -47,6 +53,14 @@ class Recorder:
     reject: dict[str, str] = field(default_factory=dict)  # address → permanent reply
     drop_in_data: dict[str, int] = field(default_factory=dict)  # address → times to drop
     data_delay: float = 0.0
+    data_gate: int = 0  # when set, DATA waits until this many are in DATA at once
+    # DATA is held while ``gate`` is clear (the test opens it); ``hold_after`` clears it
+    # once that many messages were accepted, so a run cannot finish behind a test's back.
+    gate: threading.Event = field(default_factory=lambda: _open_event())
+    hold_after: int | None = None
+    gate_only: set[str] | None = None  # the gate holds only these recipients (None: all)
+    in_data: int = 0
+    max_in_data: int = 0
     active: int = 0
     max_active: int = 0
     connections: int = 0
@@ -71,6 +85,27 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        self.in_data += 1
+        self.max_in_data = max(self.max_in_data, self.in_data)
+        try:
+            return await self._data(server, session, envelope)
+        finally:
+            self.in_data -= 1
+
+    async def _data(self, server: SMTP, session: Any, envelope: Any) -> str:
+        if self.data_gate:
+            # Wait until that many transactions are in DATA together: proof of parallel
+            # connections that does not depend on timing (bounded only as a safety net).
+            for _ in range(1000):
+                if self.in_data >= self.data_gate or self.max_in_data >= self.data_gate:
+                    break
+                await asyncio.sleep(0.01)
+        if self.hold_after is not None and len(self.messages) >= self.hold_after:
+            self.gate.clear()
+        held = self.gate_only is None or any(r.lower() in self.gate_only
+                                              for r in envelope.rcpt_tos)
+        while held and not self.gate.is_set():
+            await asyncio.sleep(0.005)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         for rcpt in envelope.rcpt_tos:

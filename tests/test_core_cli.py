@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SENDER, make_template, run, write
-
-ENV = {"MAILER_SENDER": SENDER}
-
-
-def parse(path: Path) -> EmailMessage:
-    msg = message_from_bytes(path.read_bytes(), policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
+from tests.conftest import ENV, ROOT, SENDER, make_template, parse, run, write
 
 
 def simple(tmp_path: Path, **files: str | None) -> Path:
@@ -232,10 +222,15 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert run("validate", "missing.csv").exit_code == 2
 
 
-def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "mailer", "--help"], capture_output=True,
-                         text=True, check=True)
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "mailer"],
+                                     [str(Path(sys.executable).parent / "mailer")]],
+                         ids=["python -m mailer", "console script"])
+def test_python_dash_m_and_console_script(tmp_path: Path, command: list[str]) -> None:
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True)
     assert "validate" in out.stdout and "send" in out.stdout
+    bad = subprocess.run([*command, "validate", "nowhere.csv"], capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and "nowhere.csv" in bad.stderr
 
 
 def test_preview_embeds_the_first_messages_and_lists_all(tmp_path: Path,
@@ -257,15 +252,44 @@ def test_preview_embeds_the_first_messages_and_lists_all(tmp_path: Path,
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 4
 
 
+def test_dry_run_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    root = simple(tmp_path)
+    invoice = write(tmp_path / "box" / "20240101-invoice.eml", "keep")
+    index = write(tmp_path / "box" / "index.html", "keep")
+    path = write(tmp_path / "l.csv", "email\na@example.org\n")
+    result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
+                 "--dry-run", "--outbox", "box", env=ENV)
+    assert result.exit_code == 78
+    assert "box: the folder holds files that mailer did not write" in result.output
+    assert invoice.read_text() == "keep" and index.read_text() == "keep"
+    assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["20240101-invoice.eml",
+                                                                   "index.html"]
+
+
 def test_dry_run_replaces_its_own_files_only(tmp_path: Path) -> None:
     root = simple(tmp_path)
-    mine = write(tmp_path / "outbox" / "viktig.eml", "From: me\r\n\r\nkeep me\r\n")
     two = write(tmp_path / "two.csv", "email\na@example.org\nb@example.org\n")
     one = write(tmp_path / "one.csv", "email\nc@example.org\n")
-    for path in (two, one):
+    victim = write(tmp_path / "victim.txt", "keep")
+    for number, path in enumerate((two, one)):
         result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
                      "--dry-run", env=ENV)
         assert result.exit_code == 0, result.output
+        if number == 0:  # between the runs: a file of the user's, and planted symlinks
+            mine = write(tmp_path / "outbox" / "00007-viktig.eml", "keep me")
+            (tmp_path / "outbox" / "00002-b@example.org.eml").unlink()
+            (tmp_path / "outbox" / "00002-b@example.org.eml").symlink_to(victim)
+            (tmp_path / "outbox" / ".index.html.tmp").symlink_to(victim)
     names = sorted(p.name for p in (tmp_path / "outbox").glob("*.eml"))
-    assert names == ["00001-c@example.org.eml", "viktig.eml"]
-    assert mine.read_bytes() == b"From: me\r\n\r\nkeep me\r\n"
+    assert names == ["00001-c@example.org.eml", "00007-viktig.eml"]
+    assert mine.read_text() == "keep me" and victim.read_text() == "keep"
+    assert not list((tmp_path / "outbox").glob(".index-*"))  # no temporary file left
+    # A link planted where the next message goes (not a file of the last dry run): refused.
+    (tmp_path / "outbox" / "00002-b@example.org.eml").symlink_to(victim)
+    result = run("send", str(two), "--template", "t", "--templates-dir", str(root),
+                 "--dry-run", env=ENV)
+    assert result.exit_code == 78
+    assert "00002-b@example.org.eml: a file that mailer did not write is in the way" \
+        in result.output
+    assert victim.read_text() == "keep"
+    assert not list((tmp_path / "outbox").glob(".index-*"))

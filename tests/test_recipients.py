@@ -50,29 +50,82 @@ def test_email_column_aliases(tmp_path: Path, header: str) -> None:
     assert people[0].name == "Ola"
 
 
-def test_errors_name_the_line_where_the_record_starts(tmp_path: Path) -> None:
-    raw = ("navn;epost;notat\n"
-           "Ola;ola@example.org;\"to\nlinjer\"\n"  # lines 2-3: a quoted LF is a control char
+@pytest.mark.parametrize("blank", ["", "\n\n\n", ";;\r\n\r\n"])
+def test_errors_name_the_line_where_the_record_starts(tmp_path: Path, blank: str) -> None:
+    raw = (f"{blank}navn;epost;notat\n"
+           "Ola;ola@example.org;\"to\nlinjer\"\n"  # lines 2-3: a note typed with Alt+Enter
            "Kari;kari@@example.org;x\n"  # line 4
            "Per;;x\n"  # line 5
            "Bell;bell@example.org;ding\x07\n"  # line 6
            "Lang;lang@example.org;a;b;c\n"  # line 7
            "Ok;ok@example.org;x\n")
     path = write(tmp_path / "l.csv", raw)
+    shift = blank.count("\n")  # blank lines before the header shift nothing but the numbers
     people, problems = scan(path)
-    assert [p.email for p in people] == ["ok@example.org"]
+    assert [p.email for p in people] == ["ola@example.org", "ok@example.org"]
+    assert people[0].fields["notat"] == "to\nlinjer" and people[0].multiline == ("notat",)
+    assert people[0].line == 2 + shift
     text = [str(p) for p in problems]
-    assert text[0] == f"{path}:2: column 'notat' holds a line break (LF)"
-    assert text[1].startswith(f"{path}:4: invalid address 'kari@@example.org'")
-    assert text[2] == f"{path}:5: missing address in column 'epost'"
-    assert text[3] == f"{path}:6: column 'notat' holds control character U+0007"
-    assert text[4].startswith(f"{path}:7: 5 fields but the header has 3")
+    assert text[0].startswith(f"{path}:{4 + shift}: invalid address 'kari@@example.org'")
+    assert text[1] == f"{path}:{5 + shift}: missing address in column 'epost'"
+    assert text[2] == f"{path}:{6 + shift}: column 'notat' holds control character U+0007"
+    assert text[3].startswith(f"{path}:{7 + shift}: 5 fields but the header has 3")
 
 
-def test_carriage_return_inside_a_field(tmp_path: Path) -> None:
-    path = write(tmp_path / "l.csv", 'email;name\r\na@example.org;"Ola\rBcc: x@example.org"\r\n')
-    _, problems = scan(path)
-    assert str(problems[0]) == f"{path}:2: column 'name' holds a carriage return (CR)"
+@pytest.mark.parametrize("column", ["name", "email"])
+def test_a_line_break_in_a_column_that_reaches_a_header(tmp_path: Path, column: str) -> None:
+    row = {"name": '"Ola\rBcc: x@example.org";a@example.org',
+           "email": 'Ola;"a@example.org\nBcc: x@example.org"'}[column]
+    path = write(tmp_path / "l.csv", f"name;email\r\n{row}\r\nKari;k@example.org\r\n")
+    people, problems = scan(path)
+    assert [str(p) for p in problems] == [f"{path}:2: column '{column}' holds a line break"]
+    assert [p.email for p in people] == ["k@example.org"]
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n", "\n"])
+def test_any_line_ending_excel_writes(tmp_path: Path, ending: str) -> None:
+    raw = ending.join(["navn;epost;notat", "Ola;ola@example.org;\"a" + ending + "b\"",
+                       "Kari;kari@example.org;x", "Per;bad;x", ""])
+    path = write(tmp_path / "l.csv", raw)
+    people, problems = scan(path)
+    assert [p.email for p in people] == ["ola@example.org", "kari@example.org"]
+    assert people[0].fields["notat"] == "a\nb"
+    assert [p.line for p in people] == [2, 4]
+    assert [p.line for p in problems] == [5]
+
+
+def test_a_stray_quote_is_named_and_the_rest_still_read(tmp_path: Path) -> None:
+    rows = [f"P{i};p{i}@example.org;Org;nb" for i in range(2, 172)]
+    rows.append('Siv Sæther;siv@example.org;"Statens vegvesen;Seksjonssjef;nb')  # line 172
+    rows += [f"Q{i};q{i}@example.org;Org;nb" for i in range(173, 301)]
+    rows.append("P5 again;p5@example.org;Org;nb")  # line 301: a duplicate of line 5
+    path = write(tmp_path / "l.csv", "navn;e-post;organisasjon;målform\n" + "\n".join(rows) + "\n")
+    people, problems = scan(path)
+    text = [str(p) for p in problems]
+    assert text[0] == (f"{path}:172: a quoted field opens on this line and never closes "
+                       f"(it swallows lines 172–301): check for a stray '\"'")
+    assert text[1] == (f"{path}:301: warning: duplicate address p5@example.org "
+                       f"(first on line 5): skipped")
+    assert len(people) == 170 + 128
+
+
+def test_a_field_over_the_csv_limit_is_a_verdict(tmp_path: Path) -> None:
+    long = "x" * 200_000  # over Python's csv default limit (131,072): accepted
+    path = write(tmp_path / "l.csv", f"navn;epost;notat\nA;a@example.org;{long}\n")
+    people, problems = scan(path)
+    assert problems == [] and people[0].fields["notat"] == long
+    huge = "y" * 1_100_000
+    path = write(tmp_path / "m.csv", f'navn;epost\nA;a@example.org\n"{huge}";b@example.org\n')
+    people, problems = scan(path)
+    assert [p.email for p in people] == ["a@example.org"]
+    assert str(problems[0]).startswith(f"{path}:3: a field is longer than 1,000,000 characters")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16"])
+def test_utf16_is_named(tmp_path: Path, encoding: str) -> None:
+    path = write(tmp_path / "l.csv", "navn;epost\nOla;ola@example.org\n", encoding=encoding)
+    with pytest.raises(InputError, match="UTF-16"):
+        scan(path)
 
 
 def test_not_utf8_says_so(tmp_path: Path) -> None:
