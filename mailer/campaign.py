@@ -7,7 +7,6 @@ list of 100,000 people is never held in memory, rendered or not.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,41 +14,16 @@ from pathlib import Path
 from .address import Mailbox
 from .calendar import ICS_CONTENT_TYPE, ICS_FILENAME, Event, load_event
 from .errors import TemplateError
-from .message import Attachment, MessageFactory, message_id
-from .recipients import (
-    KNOWN_LANGUAGES,
-    Problem,
-    Recipient,
-    RecipientList,
-    language_warning,
-    load_suppressions,
-)
-from .render import Rendered, TemplateSet
+from .message import Attachment, MessageFactory, message_id, wire_form
+from .models import Outgoing, Problem, Recipient
+from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
+from .render import Renderer
 from .settings import Settings
-
-Share = tuple[int, int]  # (k, n): the k-th of n parts of a list, see Campaign.recipients
-
-
-@dataclass(slots=True)
-class Job:
-    """One message ready for SMTP (or the outbox)."""
-
-    line: int
-    key: str  # the recipient's case-folded address: identity in the journal
-    email: str  # where the message goes (normalised): the recipient, or a test address
-    name: str
-    envelope_from: str
-    envelope_to: str
-    message_id: str
-    data: bytes
-    subject: str = ""
-    lang: str = ""
-    rendered: Rendered | None = None
-    attempt: int = 0  # temporary failures so far in this run
+from .templates import TemplateFolder
 
 
 @dataclass
-class Report:
+class CheckReport:
     """What a check of the whole list found."""
 
     path: str
@@ -77,18 +51,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems and not self.template_errors
-
-    def merge(self, other: Report) -> None:
-        """Add the findings of another share of the same list (see Campaign.check)."""
-        self.rows += other.rows
-        self.recipients += other.recipients
-        self.suppressed += other.suppressed
-        self.problems += other.problems
-        self.warnings += other.warnings
-        for lang, count in other.languages.items():
-            self.languages[lang] = self.languages.get(lang, 0) + count
-        for text, lines in other.template_errors.items():
-            self.template_errors.setdefault(text, []).extend(lines)
 
     def summary(self) -> str:
         def n(count: int, word: str) -> str:
@@ -126,7 +88,8 @@ class Campaign:
         self.suppressed = load_suppressions(suppress)
         self.sender: Mailbox | None = settings.sender_mailbox if need_sender else None
         self.event: Event | None = None
-        self.templates: TemplateSet | None = None
+        self.templates: TemplateFolder | None = None
+        self.renderer: Renderer | None = None
         self.factory: MessageFactory | None = None
         if template is None:
             return
@@ -134,10 +97,10 @@ class Campaign:
         folder = templates_dir / template
         if folder.is_dir():
             self.event = load_event(folder, templates_dir)
-        self.templates = TemplateSet(templates_dir, template, variables=variables,
-                                     default_language=settings.language,
-                                     extra={"event": self.event},
-                                     unsubscribe_url=settings.unsubscribe_url)
+        self.templates = TemplateFolder(templates_dir, template, variables=variables,
+                                        default_language=settings.language,
+                                        extra={"event": self.event})
+        self.renderer = Renderer(self.templates, settings.unsubscribe_url)
         self.factory = self._factory() if self.sender is not None else None
 
     def _factory(self) -> MessageFactory:
@@ -153,27 +116,15 @@ class Campaign:
 
     # Streaming the list ---------------------------------------------------------------
 
-    def recipients(self, share: Share = (0, 1)) -> Iterator[tuple[Recipient, bool]]:
-        """Every valid unique recipient with whether it is suppressed (call after check).
-
-        ``share`` (k, n) yields only every n-th recipient from the k-th on: n processes
-        with k = 0..n-1 split the list between them, each reading the whole file (so
-        duplicates are still found) but rendering only its own part."""
-        k, n = share
-        ordinal = -1
+    def recipients(self) -> Iterator[tuple[Recipient, bool]]:
+        """Every valid unique recipient with whether it is suppressed (call after check)."""
         for item in self.listing.scan():
             if isinstance(item, Recipient):
-                ordinal += 1
-                if ordinal % n == k:
-                    yield item, item.address.key in self.suppressed
+                yield item, item.address.key in self.suppressed
 
-    def check(self, share: Share = (0, 1)) -> Report:
-        """Validate the whole list and (with a template) render every message once.
-
-        With ``share`` (k, n), only share k renders its recipients, and only share 0
-        reports on the list itself: the n reports merged are the report of the whole."""
-        k, n = share
-        report = Report(self.listing.display)
+    def check(self) -> CheckReport:
+        """Validate the whole list and (with a template) render every message once."""
+        report = CheckReport(self.listing.display)
         items = self.listing.scan()
         first = next(items, None)  # reads the header row: the columns are known from here
         missing: list[str] = []
@@ -182,38 +133,34 @@ class Campaign:
         known: set[str] = set(KNOWN_LANGUAGES)
         if self.templates is not None:
             missing = self.templates.missing_variables(self.listing.headers)
-            if k == 0:
-                report.problems.extend(missing)
+            report.problems.extend(missing)
             subject_uses = self.templates.subject_variables()
             known = {lang or default for lang in self.templates.variants}
         report.fallback_language = default
-        ordinal = -1
-        for item in itertools.chain([first] if first is not None else [], items):
+        if first is not None:
+            items = _chain(first, items)
+        for item in items:
+            report.rows += 1
             if isinstance(item, Problem):
-                if k == 0:
-                    report.rows += 1
-                    (report.warnings if item.warning else report.problems).append(str(item))
+                (report.warnings if item.warning else report.problems).append(str(item))
                 continue
-            ordinal += 1
-            if k == 0:
-                report.rows += 1
-                report.recipients += 1
-                why = language_warning(item.language, known, default)
-                if why is not None:
-                    report.fallback += 1
-                    report.warnings.append(str(Problem(report.path, item.line, why, True)))
-                for column in item.multiline:
-                    if column in subject_uses:
-                        report.problems.append(str(Problem(
-                            report.path, item.line, f"column '{column}' holds a line break "
-                                                    f"and the subject uses it")))
+            report.recipients += 1
+            why = language_warning(item.language, known, default)
+            if why is not None:
+                report.fallback += 1
+                report.warnings.append(str(Problem(report.path, item.line, why, True)))
+            for column in item.multiline:
+                if column in subject_uses:
+                    report.problems.append(str(Problem(
+                        report.path, item.line, f"column '{column}' holds a line break and "
+                                                f"the subject uses it")))
             if item.address.key in self.suppressed:
-                report.suppressed += k == 0
+                report.suppressed += 1
                 continue
-            if self.templates is None or missing or ordinal % n != k:
+            if self.renderer is None or missing:
                 continue
             try:
-                rendered = self.templates.render(item)
+                rendered = self.renderer.render(item)
             except TemplateError as exc:
                 text = str(exc).replace(f" (recipient on line {item.line})", "")
                 report.template_errors.setdefault(text, []).append(item.line)
@@ -222,22 +169,28 @@ class Campaign:
         return report
 
     def build(self, recipient: Recipient, *, keep_rendered: bool = False,
-              to: Mailbox | None = None) -> Job:
+              to: Mailbox | None = None) -> Outgoing:
         """Render and build the message for one recipient (``to`` replaces the recipient
         in the envelope and To header, for a test send)."""
-        assert self.factory is not None and self.templates is not None
-        rendered = self.templates.render(recipient)
+        assert self.factory is not None and self.renderer is not None
+        rendered = self.renderer.render(recipient)
         mailbox = to or Mailbox(recipient.name, recipient.address)
         msgid = message_id(self.id, recipient.address.key if to is None
                            else f"test:{mailbox.address.key}", self.factory.domain)
         data = self.factory.build(rendered, mailbox, msgid)
-        return Job(line=recipient.line, key=recipient.address.key,
-                   email=mailbox.address.normalized, name=mailbox.name,
-                   envelope_from=self.factory.sender.address.ascii,
-                   envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
-                   subject=rendered.subject, lang=rendered.lang,
-                   rendered=rendered if keep_rendered else None)
+        return Outgoing(line=recipient.line, key=recipient.address.key,
+                        email=mailbox.address.normalized, name=mailbox.name,
+                        envelope_from=self.factory.sender.address.ascii,
+                        envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
+                        wire=wire_form(data), subject=rendered.subject, lang=rendered.lang,
+                        rendered=rendered if keep_rendered else None)
 
     @property
     def attachments(self) -> list[str]:
         return [a.filename for a in self.factory.attachments] if self.factory else []
+
+
+def _chain(first: Recipient | Problem, rest: Iterator[Recipient | Problem]
+           ) -> Iterator[Recipient | Problem]:
+    yield first
+    yield from rest

@@ -182,9 +182,6 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="First retry delay, doubled each time, plus jitter [default 2].")
 @click.option("--max-messages", type=click.IntRange(1), metavar="N",
               help="Send at most N messages in this run, then stop (exit 0).")
-@click.option("--processes", type=click.IntRange(0, 16), metavar="N",
-              help="Worker processes for rendering and sending [MAILER_PROCESSES, default 0: "
-                   "two for long lists on a multi-core machine].")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
 @click.option("--retry-for", metavar="DURATION", callback=_duration,
               help="Give up on a recipient still deferred this long after the first attempt "
@@ -200,7 +197,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
          variables: dict[str, str], suppress: tuple[Path, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
-         max_messages: int | None, processes: int | None, retry_failed: bool,
+         max_messages: int | None, retry_failed: bool,
          retry_for: str | None, test_to: tuple[str, ...], test_recipient: str | None,
          quiet: bool) -> None:
     """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
@@ -208,7 +205,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     The whole list is checked and every message rendered before anything is written
     or sent. Re-running the same campaign sends only to those not yet sent.
     """
-    from . import delivery
+    from . import run as runs
     from .campaign import Campaign
     from .report import Reporter
     from .settings import load_settings
@@ -218,24 +215,24 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     settings = load_settings(templates_dir=templates_dir, journal=journal,
                              concurrency=concurrency, rate_limit=rate_limit,
                              retries=retries, retry_delay=retry_delay,
-                             processes=processes, retry_for=retry_for)
+                             retry_for=retry_for)
     campaign = Campaign(settings, recipients, template, variables=variables,
                         suppress=suppress, campaign_id=campaign_id)
     reporter = Reporter(quiet=quiet)
     if dry_run:
-        box = delivery.dry_run(campaign, outbox, reporter)
+        box = runs.dry_run(campaign, outbox, reporter)
         if not quiet:
             click.echo(f"dry run: {box.count} messages written to {outbox}/ (nothing sent); "
                        f"preview: {box.index.resolve().as_uri()}")
         return
-    options = delivery.SendOptions(
+    options = runs.SendOptions(
         concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
         retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
         retry_for=settings.retry_for_seconds)
     if test_to:
-        result = delivery.test_send(campaign, list(test_to), test_recipient, options, reporter)
+        result = runs.test_send(campaign, list(test_to), test_recipient, options, reporter)
     else:
-        result = delivery.send(campaign, settings.journal, options, reporter)
+        result = runs.send(campaign, settings.journal, options, reporter)
     sys.exit(result.exit_code)
 
 

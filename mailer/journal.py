@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .campaign import Job
 from .errors import ConfigError, InputError, TemporaryError
 from .files import open_private, private_dir, private_file
-from .sender import Outcome
+from .models import Outcome, Outgoing
 
 SCHEMA_VERSION = 3
 STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
@@ -125,6 +124,7 @@ class Journal:
         self._protect()
         self._results: list[tuple[Any, ...]] = []
         self._sending: list[tuple[Any, ...]] = []
+        self._reverts: list[tuple[Any, ...]] = []
 
     def _protect(self) -> None:
         """The WAL and shared-memory files hold the same personal data: owner only."""
@@ -182,13 +182,16 @@ class Journal:
                  for key, email, name, line, suppressed in rows))
         self._protect()
 
-    def to_send(self, campaign: str, key: str, retry_failed: bool) -> bool:
+    def due(self, campaign: str, key: str, retry_failed: bool) -> str | None:
+        """The state of a guest who is due in this run (queued, sending, deferred, and
+        failed with ``retry_failed``), or None."""
         row = self.db.execute("SELECT state FROM deliveries WHERE campaign = ? AND key = ?",
                               (campaign, key)).fetchone()
         if row is None:
-            return False
-        state = row[0]
-        return state in ("queued", "sending", "deferred") or (retry_failed and state == "failed")
+            return None
+        state = str(row[0])
+        due = state in ("queued", "sending", "deferred") or (retry_failed and state == "failed")
+        return state if due else None
 
     def remaining(self, campaign: str, retry_failed: bool = False) -> int:
         states = ("queued", "sending", "deferred") + (("failed",) if retry_failed else ())
@@ -274,10 +277,15 @@ class Journal:
     def queue_sending(self, campaign: str, key: str, message_id: str) -> None:
         self._sending.append((message_id, _now(), campaign, key))
 
+    def queue_revert(self, campaign: str, key: str, state: str) -> None:
+        """Put a guest back as it was before this run marked it (a refusal that was no
+        fault of the guest's)."""
+        self._reverts.append((state, campaign, key))
+
     def flush(self) -> None:
         """Commit every queued change in one transaction (results before sending marks,
         so a retried message ends as 'sending')."""
-        if not self._results and not self._sending:
+        if not self._results and not self._sending and not self._reverts:
             return
         self.db.execute("BEGIN IMMEDIATE")  # take the write lock now: two workers may write
         try:
@@ -292,12 +300,17 @@ class Journal:
                     "state = 'sending', attempts = attempts + 1, "
                     "message_id = ?1, updated = ?2 WHERE campaign = ?3 AND key = ?4",
                     self._sending)
+            if self._reverts:
+                self.db.executemany(
+                    "UPDATE deliveries SET state = ?, attempts = max(attempts - 1, 0) "
+                    "WHERE campaign = ? AND key = ?", self._reverts)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
         self._results.clear()
         self._sending.clear()
+        self._reverts.clear()
 
 
 class JournalRecorder:
@@ -306,7 +319,7 @@ class JournalRecorder:
     A worker's ``sending()`` returns once its mark, and every result queued before it, is
     committed; marks from workers that get there in the same turn of the event loop share
     one transaction. Since a worker's previous result is queued before its next mark, no
-    worker starts a DATA while its last 250 is unrecorded: after a SIGKILL at most one
+    worker starts a transaction while its last 250 is unrecorded: after a SIGKILL at most one
     delivered-but-unrecorded message per connection.
     """
 
@@ -315,8 +328,8 @@ class JournalRecorder:
         self.campaign = campaign
         self._waiters: list[asyncio.Future[None]] = []
 
-    async def sending(self, job: Job) -> None:
-        self.journal.queue_sending(self.campaign, job.key, job.message_id)
+    async def sending(self, message: Outgoing) -> None:
+        self.journal.queue_sending(self.campaign, message.key, message.message_id)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         if not self._waiters:
@@ -338,8 +351,12 @@ class JournalRecorder:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def result(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
-        self.journal.queue_result(self.campaign, job.key, outcome.value, code, reply)
+    def result(self, message: Outgoing, outcome: Outcome, code: int | None,
+               reply: str) -> None:
+        self.journal.queue_result(self.campaign, message.key, outcome.value, code, reply)
+
+    def revert(self, message: Outgoing) -> None:
+        self.journal.queue_revert(self.campaign, message.key, message.prior or "queued")
 
     def flush(self) -> None:
         self.journal.flush()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate
 
 from .address import Mailbox
-from .render import Rendered
+from .models import Rendered
 
 CRLF = "\r\n"
 _PRINTABLE_ASCII = re.compile(r"[ -~]*\Z")
@@ -38,6 +38,17 @@ class Attachment:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoded", _base64_lines(self.data))
+
+
+_STUFF = re.compile(rb"(?m)^\.")
+
+
+def wire_form(data: bytes) -> bytes:
+    """What follows the server's 354: the message dot-stuffed (RFC 5321 4.5.2) and ended
+    by ``.``, made once per message (``data`` already has CRLF line ends)."""
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _STUFF.sub(b"..", data) + b".\r\n"
 
 
 def message_id(campaign: str, key: str, domain: str) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from .campaign import Job
 from .errors import ConfigError, TemporaryError
 from .files import new_private_file, open_private, private_dir
+from .models import Outgoing
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
 _OURS = re.compile(r"\d{5,}-[A-Za-z0-9._@+-]+\.eml\Z")
@@ -92,7 +92,7 @@ class Outbox:
         except OSError as exc:
             raise TemporaryError(f"{self._index_tmp}: cannot write: {exc.strerror}") from None
 
-    def write(self, job: Job) -> Path:
+    def write(self, job: Outgoing) -> Path:
         assert self._page is not None
         self.count += 1
         safe = _UNSAFE_NAME.sub("_", job.email)[:80]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .address import Address, AddressError, check_address
+from .address import AddressError, check_address
 from .errors import InputError
+from .models import Problem, Recipient
 
 EMAIL_COLUMNS = ("email", "e-mail", "e-post", "epost", "mail")
 NAME_COLUMNS = ("name", "navn")
@@ -44,43 +45,6 @@ _BREAK = re.compile(r"\r\n?|\n")
 FIELD_LIMIT = 1_000_000
 KNOWN_LANGUAGES = ("nb", "nn", "en")
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}\Z")
-
-
-@dataclass(slots=True)
-class Recipient:
-    """One checked recipient; ``fields`` holds every column by its header."""
-
-    line: int
-    address: Address
-    name: str
-    language: str | None
-    headers: Sequence[str] = ()
-    row: Sequence[str] = ()
-    multiline: tuple[str, ...] = ()  # headers of the columns whose value holds a line break
-
-    @property
-    def email(self) -> str:
-        return self.address.normalized
-
-    @property
-    def fields(self) -> dict[str, str]:
-        """Every column by its header (made when asked: a check of a list without a
-        template never needs it)."""
-        return dict(zip(self.headers, self.row, strict=True))
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """An error or a warning about one record of the list."""
-
-    path: str
-    line: int
-    message: str
-    warning: bool = False
-
-    def __str__(self) -> str:
-        kind = "warning: " if self.warning else ""
-        return f"{self.path}:{self.line}: {kind}{self.message}"
 
 
 def normalize_language(value: str) -> str | None:

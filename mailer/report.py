@@ -9,8 +9,7 @@ from typing import IO, Any
 
 import click
 
-from .campaign import Job
-from .sender import Outcome, Stats
+from .models import Outcome, Outgoing, Stats
 
 PLAIN_EVERY = 10.0  # seconds between progress lines when not on a terminal
 
@@ -24,7 +23,7 @@ class Reporter:
         self.tty = self.stream.isatty() and not quiet
         self.total = 0
         self.done = 0
-        self.counts = {o: 0 for o in Outcome}
+        self.counts = dict.fromkeys(Outcome, 0)
         self._progress: Any = None
         self._task: Any = None
         self._started = self._last_line = time.monotonic()
@@ -51,18 +50,20 @@ class Reporter:
             self._task = self._progress.add_task("send", total=total, counts="", rate="")
             self._progress.start()
 
-    def outcome(self, job: Job, outcome: Outcome, code: int | None, reply: str) -> None:
-        """One message has its outcome (in-process sending)."""
+    def outcome(self, message: Outgoing, outcome: Outcome, code: int | None,
+                reply: str) -> None:
+        """One message has its outcome."""
         self.done += 1
         self.counts[outcome] += 1
         if self.done % 16 == 0 or self.done == self.total or outcome is not Outcome.SENT:
             self._refresh()
 
-    def counts_are(self, sent: int, failed: int, deferred: int) -> None:
-        """The outcomes so far (sending in worker processes)."""
-        self.counts = {Outcome.SENT: sent, Outcome.FAILED: failed, Outcome.DEFERRED: deferred}
-        self.done = sent + failed + deferred
-        self._refresh()
+    def stopping(self, signal_name: str) -> None:
+        """A signal asked the run to stop: said at once, even when quiet, so a person (or
+        a test) knows it was heard while the messages in flight finish."""
+        self.stop()
+        self.line(f"stopping ({signal_name}): no new message starts; the messages in flight "
+                  f"finish and are recorded")
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -93,7 +94,8 @@ class Reporter:
     def rejected(self, stats: Stats) -> None:
         """Every rejected, deferred and expired address with the server's last reply, even
         when quiet: each needs a human, or explains why the run did not finish."""
-        for kind, found in (("rejected", stats.rejected), ("deferred", stats.postponed)):
+        for kind, found in (("rejected", stats.rejected), ("deferred", stats.postponed),
+                            ("unconfirmed", stats.unconfirmed)):
             for email, code, reply in found:
                 self.line(" ".join(f"{kind}: {email}: {code or ''} {reply}".split()))
         for email, reply in stats.expired:
@@ -114,6 +116,8 @@ class Reporter:
         failed_now += f", {len(stats.expired)} expired)" if stats.expired else ")"
         text = (f"sent {stats.sent}, {failed_now}, deferred {stats.deferred} (temporary), "
                 f"{skip}")
+        if stats.unknown:
+            text += f", {stats.unknown} unconfirmed (sent again by the next run)"
         if remaining:
             text += f"; {remaining} remain for the next run"
         click.echo(text)

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
+    # the reply to the end of a message: RFC 5321 4.5.3.2.6 asks clients to wait 10 minutes
+    smtp_data_timeout: float = Field(600.0, gt=0, le=3600, allow_inf_nan=False)
     smtp_helo: str | None = None
     sender: str | None = None
     reply_to: str | None = None
@@ -45,7 +47,6 @@ class Settings(BaseSettings):
                            # the first attempt
     unsubscribe_url: str | None = None
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
-    processes: int = Field(0, ge=0, le=16)  # 0: automatic (two for long lists on two cores)
 
     @field_validator("smtp_security", mode="before")
     @classmethod

@@ -59,6 +59,11 @@ class Recorder:
     gate: threading.Event = field(default_factory=lambda: _open_event())
     hold_after: int | None = None
     gate_only: set[str] | None = None  # the gate holds only these recipients (None: all)
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined input fine)
+    mail_reply: str | None = None  # a reply to every MAIL FROM instead of 250
+    drop_after_rcpt: dict[str, int] = field(default_factory=dict)  # address → times
+    end_reply: dict[str, str] = field(default_factory=dict)  # address → reply to the body
+    chunks: list[bytes] = field(default_factory=list)  # what arrived, read by read
     in_data: int = 0
     max_in_data: int = 0
     active: int = 0
@@ -71,11 +76,25 @@ class Recorder:
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
         self.helos.append(hostname)
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        if self.mail_reply is not None:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         key = address.lower()
+        if self.drop_after_rcpt.get(key):
+            self.drop_after_rcpt[key] -= 1
+            server.transport.abort()
+            return "421 dropped"  # never reaches the client
         queued = self.rcpt_codes.get(key)
         if queued:
             return queued.pop(0)
@@ -114,6 +133,9 @@ class Recorder:
                 self.drop_in_data[rcpt.lower()] = left - 1
                 server.transport.abort()
                 return "421 dropped"  # never reaches the client
+        for rcpt in envelope.rcpt_tos:
+            if rcpt.lower() in self.end_reply:
+                return self.end_reply[rcpt.lower()]
         with self.lock:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                           envelope.original_content or envelope.content,
@@ -135,6 +157,11 @@ class CountingSMTP(SMTP):
             handler.active += 1
             handler.max_active = max(handler.max_active, handler.active)
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        handler: Recorder = self.event_handler
+        handler.chunks.append(data)
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         handler: Recorder = self.event_handler

@@ -226,11 +226,9 @@ def slow_run_under_way(tpl: Path, path: Path, env: dict[str, str], handler: Reco
     return proc
 
 
-@pytest.mark.parametrize("processes", ["1", "2"])
-def test_sigkill_mid_run_then_resume(tmp_path: Path, tpl: Path, smtp: Server,
-                                     processes: str) -> None:
+def test_sigkill_mid_run_then_resume(tmp_path: Path, tpl: Path, smtp: Server) -> None:
     controller, handler = smtp
-    env = smtp_env(controller, MAILER_PROCESSES=processes)
+    env = smtp_env(controller)
     path = people(tmp_path, 80)
     proc = slow_run_under_way(tpl, path, env, handler, 20)
     proc.kill()
@@ -247,27 +245,6 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, tpl: Path, smtp: Server,
     for address, n in got.items():  # a duplicate keeps its Message-ID
         if n > 1:
             assert len({m.message["Message-ID"] for m in handler.to(address)}) == 1
-
-
-@pytest.mark.parametrize("processes", ["1", "2"])
-def test_sigterm_stops_gracefully_no_duplicate_on_resume(tmp_path: Path, tpl: Path,
-                                                         smtp: Server, processes: str) -> None:
-    controller, handler = smtp
-    env = smtp_env(controller, MAILER_PROCESSES=processes)
-    path = people(tmp_path, 80)
-    handler.data_delay = 0.05
-    proc = slow_run_under_way(tpl, path, env, handler, 10)
-    handler.hold_after = None
-    handler.gate.set()
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 75, out
-    assert "stopped: interrupted by SIGTERM" in out
-    assert "sent " in out
-    handler.data_delay = 0
-    result = send(tpl, path, env)
-    assert result.exit_code == 0, result.output
-    assert counts(handler) == Counter({f"p{i}@example.org": 1 for i in range(80)})
 
 
 @pytest.mark.parametrize("second", ["send", "purge"])
@@ -327,15 +304,10 @@ def test_sending_row_written_before_data(tmp_path: Path, tpl: Path, smtp: Server
         handler.gate.set()
 
 
-# The same guarantees with the list split over two worker processes --------------------
-
-TWO = {"MAILER_PROCESSES": "2"}
-
-
-def test_two_processes_send_each_once_and_rerun_sends_nothing(
+def test_a_rejected_guest_is_named_and_a_rerun_sends_nothing(
         tmp_path: Path, tpl: Path, smtp: Server) -> None:
     controller, handler = smtp
-    env = smtp_env(controller, **TWO)
+    env = smtp_env(controller)
     handler.reject["p5@example.org"] = "550 5.1.1 unknown"
     path = people(tmp_path, 50)
     first = send(tpl, path, env, "--concurrency", "4")
@@ -349,31 +321,14 @@ def test_two_processes_send_each_once_and_rerun_sends_nothing(
     assert status_json(env)["campaigns"][0]["counts"]["sent"] == 49
 
 
-def test_two_processes_deferred_exit_75(tmp_path: Path, tpl: Path, smtp: Server) -> None:
-    controller, handler = smtp
-    handler.rcpt_codes["p3@example.org"] = ["451 4.3.0 later"] * 5
-    result = send(tpl, people(tmp_path, 20), smtp_env(controller, **TWO), "--retries", "1")
-    assert result.exit_code == 75
-    assert "sent 19, failed 0 (permanent), deferred 1 (temporary)" in result.output
-
-
-def test_two_processes_server_down_exit_75(tmp_path: Path, tpl: Path) -> None:
-    from tests.smtpserver import free_port
-
-    env = smtp_env(type("C", (), {"port": free_port()})(), **TWO)
-    result = send(tpl, people(tmp_path, 20), env)
-    assert result.exit_code == 75
-    assert "cannot reach SMTP server" in result.output
-
-
-def test_two_processes_check_reports_each_problem_once(tmp_path: Path) -> None:
+def test_a_template_error_is_named_once_with_its_count(tmp_path: Path) -> None:
     root = tmp_path / "templates"
     make_template(root, "t", subject_txt="Hei", body_txt="{{ recipient['x'] | int // 1 }}\n"
                                                           "{{ 1 // (recipient['x'] | int) }}\n")
     rows = "".join(f"p{i}@example.org;{0 if i % 3 == 0 else 1}\n" for i in range(30))
     path = write(tmp_path / "l.csv", "email;x\n" + rows + "bad;1\np1@example.org;1\n")
     result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
-                 "--dry-run", env={"MAILER_SENDER": "a@example.org", **TWO})
+                 "--dry-run", env={"MAILER_SENDER": "a@example.org"})
     assert result.exit_code == 65
     lines = result.output.splitlines()
     assert sum("invalid address 'bad'" in line for line in lines) == 1
@@ -393,8 +348,7 @@ def test_sigterm_while_checking_exits_75_and_writes_nothing(tmp_path: Path) -> N
     # it (its handlers are installed) and is reading the list; it cannot get further.
     path = tmp_path / "liste.csv"
     os.mkfifo(path)
-    proc = spawn(root, path, {"MAILER_SENDER": "a@example.org", "MAILER_PROCESSES": "1",
-                              "MAILER_SMTP_PORT": "9"})
+    proc = spawn(root, path, {"MAILER_SENDER": "a@example.org", "MAILER_SMTP_PORT": "9"})
     with path.open("w") as fifo:
         fifo.write("navn;epost\n" + "".join(f"P{i};p{i}@example.org\n" for i in range(50)))
         fifo.flush()

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from mailer.address import Mailbox, check_address
 from mailer.message import MessageFactory, address_header, encode_header, encoded_words
+from mailer.models import Rendered
 from mailer.recipients import Recipient, RecipientList
-from mailer.render import Rendered
 
 # Printable text as people type it: letters of any script, digits, punctuation, spaces.
 TEXT = st.text(st.characters(categories=("L", "N", "P", "S", "Zs"),

@@ -1,0 +1,126 @@
+"""The types that cross stages, in one place: every stage imports this module and the
+stages below it, never one above (see the module list in README.md).
+
+recipients → Recipient, Problem; render → Rendered; campaign → Outgoing;
+smtp/pool → Outcome; journal and report → Stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .address import Address
+
+
+@dataclass(slots=True)
+class Recipient:
+    """One checked recipient of a list; ``fields`` holds every column by its header."""
+
+    line: int
+    address: Address
+    name: str
+    language: str | None
+    headers: Sequence[str] = ()
+    row: Sequence[str] = ()
+    multiline: tuple[str, ...] = ()  # headers of the columns whose value holds a line break
+
+    @property
+    def email(self) -> str:
+        return self.address.normalized
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Every column by its header (made when asked: a check of a list without a
+        template never needs it)."""
+        return dict(zip(self.headers, self.row, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An error or a warning about one record of the list."""
+
+    path: str
+    line: int
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        kind = "warning: " if self.warning else ""
+        return f"{self.path}:{self.line}: {kind}{self.message}"
+
+
+@dataclass(slots=True)
+class Rendered:
+    """What the templates made for one recipient."""
+
+    subject: str
+    text: str | None
+    html: str | None
+    lang: str
+    unsubscribe_url: str | None = None
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message ready for SMTP (or the outbox).
+
+    ``data`` is the message as a file holds it (CRLF line ends); ``wire`` is what follows
+    the server's 354: the same bytes dot-stuffed and ended with ``.``, made once when the
+    message is built, so a retry resends exactly the same bytes."""
+
+    line: int
+    key: str  # the recipient's case-folded address: identity in the journal
+    email: str  # where the message goes (normalised): the recipient, or a test address
+    name: str
+    envelope_from: str
+    envelope_to: str
+    message_id: str
+    data: bytes
+    wire: bytes
+    subject: str = ""
+    lang: str = ""
+    rendered: Rendered | None = None
+    attempt: int = 0  # temporary failures so far in this run
+    prior: str | None = None  # the journal state before this run touched it
+
+
+class Outcome(StrEnum):
+    """What became of one message in a run."""
+
+    SENT = "sent"
+    FAILED = "failed"  # permanent (5xx): not retried
+    DEFERRED = "deferred"  # temporary (4xx, drop, timeout) after the retries
+    UNKNOWN = "sending"  # no reply to the end of the message: may or may not have arrived
+
+
+Named = tuple[str, int | None, str]  # (address, code, reply)
+
+
+@dataclass
+class Stats:
+    """The outcomes of one run, and every address that needs a human's eye."""
+
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    unknown: int = 0
+    rejected: list[Named] = field(default_factory=list)
+    postponed: list[Named] = field(default_factory=list)  # deferred
+    unconfirmed: list[Named] = field(default_factory=list)  # unknown
+    expired: list[tuple[str, str]] = field(default_factory=list)  # deferred too long: failed
+    stopped: str | None = None  # why the run stopped early, if it did
+
+    def count(self, outcome: Outcome, named: Named) -> None:
+        if outcome is Outcome.SENT:
+            self.sent += 1
+        elif outcome is Outcome.FAILED:
+            self.failed += 1
+            self.rejected.append(named)
+        elif outcome is Outcome.DEFERRED:
+            self.deferred += 1
+            self.postponed.append(named)
+        else:
+            self.unknown += 1
+            self.unconfirmed.append(named)

@@ -1,0 +1,280 @@
+"""Deliver many messages over N reused SMTP connections, on one event loop.
+
+A producer feeds a bounded queue from an iterator of messages; N worker coroutines each
+own one ``smtp.Connection`` (renewed after ``per_connection`` messages, a drop or a 421).
+One rate limiter spaces the starts of all of them. Temporary failures (4xx, drops,
+timeouts) are retried with exponential backoff and jitter; permanent ones (5xx) are not.
+
+Outcomes go to a ``Recorder`` (the journal) in the order that keeps the crash guarantee:
+``sending`` is durable before the transaction starts, its result is queued as soon as the
+reply comes and committed with the worker's next mark. Replies that speak of the run, not
+of the guest (5xx to ``MAIL FROM``: the relay will not take mail from this sender), stop
+the run with a ConfigError and put the guest back as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from .errors import ConfigError, MailerError, TemporaryError
+from .models import Outcome, Outgoing, Stats
+from .ratelimit import RateLimiter
+from .smtp import Connection, Lost, Refused, SmtpConfig, connect
+
+OutcomeHook = Callable[[Outgoing, Outcome, int | None, str], None]
+
+
+class Recorder(Protocol):
+    """Where outcomes go (the journal); called from the event loop only."""
+
+    async def sending(self, message: Outgoing) -> None: ...
+
+    def result(self, message: Outgoing, outcome: Outcome, code: int | None,
+               reply: str) -> None: ...
+
+    def revert(self, message: Outgoing) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class NullRecorder:
+    """For a test send: the journal is left alone."""
+
+    async def sending(self, message: Outgoing) -> None:
+        pass
+
+    def result(self, message: Outgoing, outcome: Outcome, code: int | None,
+               reply: str) -> None:
+        pass
+
+    def revert(self, message: Outgoing) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class SenderPool:
+    """Send messages over SMTP; ``run()`` returns the Stats once each has an outcome."""
+
+    def __init__(self, config: SmtpConfig, recorder: Recorder, *, concurrency: int = 4,
+                 rate: float | None = None, retries: int = 3, retry_delay: float = 2.0,
+                 max_messages: int | None = None, on_outcome: OutcomeHook | None = None
+                 ) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.concurrency = concurrency
+        self.limiter = RateLimiter(rate)
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.max_messages = max_messages
+        self.on_outcome = on_outcome
+        self.stats = Stats()
+        self.produced = 0
+        self.stopping = False
+        self._stopped = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(
+            maxsize=max(16, 4 * concurrency))
+        self._capacity = asyncio.Semaphore(8 * concurrency + 16)  # messages alive at once
+        self._pending = 0
+        self._producer_done = False
+        self._retry_tasks: set[asyncio.Task[None]] = set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop()."""
+        if seconds > 0 and not self.stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), seconds)
+
+    def stop(self, why: str = "interrupted") -> None:
+        """Graceful stop: start nothing new; messages in flight finish and are recorded."""
+        if not self.stopping:
+            self.stopping = True
+            self._stopped.set()
+            self.stats.stopped = why
+            for task in self._retry_tasks:
+                task.cancel()
+            self._wake_all()
+
+    def _fail_run(self, error: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self.stop(str(error))
+
+    async def run(self, messages: Iterator[Outgoing]) -> Stats:
+        first = await connect(self.config)  # fail fast: unreachable, TLS, AUTH
+        producer = asyncio.create_task(self._produce(messages))
+        workers = [asyncio.create_task(self._work(first if i == 0 else None))
+                   for i in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+            for task in list(self._retry_tasks):
+                task.cancel()
+            self.recorder.flush()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    # Producer ----------------------------------------------------------------------
+
+    async def _produce(self, messages: Iterator[Outgoing]) -> None:
+        try:
+            for message in messages:
+                if self.stopping or (self.max_messages is not None
+                                     and self.produced >= self.max_messages):
+                    return
+                await self._capacity.acquire()
+                if self.stopping:
+                    self._capacity.release()
+                    return
+                self.produced += 1
+                self._pending += 1
+                await self._queue.put(message)
+        except MailerError as exc:  # e.g. the list changed since it was checked
+            self._fail_run(exc)
+        finally:
+            self._producer_done = True
+            self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if (self._producer_done and self._pending == 0) or self.stopping:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for _ in range(self.concurrency):
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+
+    # Workers -----------------------------------------------------------------------
+
+    async def _work(self, conn: Connection | None) -> None:
+        failures = 0  # consecutive failures to connect, for this worker
+        try:
+            while True:
+                message = await self._queue.get()
+                if message is None or self.stopping:
+                    if message is not None:
+                        self._release(message)
+                    if self.stopping or (self._producer_done and self._pending == 0):
+                        return
+                    continue
+                await self.limiter.wait(self._sleep)
+                if self.stopping:  # stopped while waiting for a slot: not started
+                    self._release(message)
+                    return
+                if conn is not None and (conn.used >= self.config.per_connection
+                                         or not conn.is_open):
+                    await conn.close()
+                    conn = None
+                if conn is None:
+                    try:
+                        conn = await connect(self.config)
+                    except TemporaryError as exc:
+                        failures += 1
+                        self._temporary(message, None, str(exc))
+                        if failures > self.retries:
+                            self.stop(f"SMTP server unreachable: {exc}")
+                            return
+                        await self._sleep(self._backoff(failures))
+                        continue
+                    except ConfigError as exc:
+                        self._release(message)
+                        self._fail_run(exc)
+                        return
+                    failures = 0
+                try:
+                    await self._send(conn, message)
+                except MailerError as exc:  # the journal cannot be written: stop at once
+                    self._release(message)
+                    self._fail_run(exc)
+                    return
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _send(self, conn: Connection, message: Outgoing) -> None:
+        await self.recorder.sending(message)
+        redact = self.config.redact
+        try:
+            reply = await conn.send(message)
+        except Refused as exc:
+            code, text = exc.reply.code, redact(" ".join(exc.reply.text.split()))
+            if exc.stage == "MAIL" and exc.permanent:
+                # The relay refuses the sender: true of every guest, so no guest's fault.
+                self.recorder.revert(message)
+                self._release(message)
+                self._fail_run(ConfigError(
+                    f"{self.config.where} refused the sender <{message.envelope_from}>: "
+                    f"{code} {text} (the run stopped; no recipient changed state)"))
+                return
+            if exc.permanent:
+                self._final(message, Outcome.FAILED, code, text)
+            else:
+                self._temporary(message, code, text)
+            if code == 421:
+                conn.abort()
+        except Lost as exc:
+            if exc.stage == "END" and exc.timeout:
+                # The body went out and no reply came: it may have been delivered. Leave
+                # the guest 'sending'; the next run resends with the same Message-ID.
+                self._final(message, Outcome.UNKNOWN, None,
+                            f"no reply to the end of the message within "
+                            f"{self.config.data_timeout:g} s: the next run sends it again "
+                            f"(same Message-ID)")
+            else:
+                text = "timed out waiting for the server" if exc.timeout \
+                    else f"connection lost: {redact(str(exc))}"
+                self._temporary(message, None, text)
+            conn.abort()
+        else:
+            self._final(message, Outcome.SENT, reply.code, " ".join(reply.text.split()))
+
+    # Outcomes ----------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.retry_delay * 2.0 ** (attempt - 1)
+        jitter: float = random.uniform(0, base * 0.25)
+        return base + jitter
+
+    def _temporary(self, message: Outgoing, code: int | None, reply: str) -> None:
+        message.attempt += 1
+        if message.attempt > self.retries or self.stopping:
+            self._final(message, Outcome.DEFERRED, code, reply)
+            return
+        self.recorder.result(message, Outcome.DEFERRED, code, reply)
+        task = asyncio.create_task(
+            self._retry_later(message, self._backoff(message.attempt), code, reply))
+        self._retry_tasks.add(task)
+        task.add_done_callback(self._retry_tasks.discard)
+
+    async def _retry_later(self, message: Outgoing, delay: float, code: int | None,
+                           reply: str) -> None:
+        try:
+            await asyncio.sleep(delay)
+            await self._queue.put(message)
+        except asyncio.CancelledError:
+            self._final(message, Outcome.DEFERRED, code, reply)
+            raise
+
+    def _final(self, message: Outgoing, outcome: Outcome, code: int | None,
+               reply: str) -> None:
+        if outcome is not Outcome.UNKNOWN:  # unknown stays 'sending' in the journal
+            self.recorder.result(message, outcome, code, reply)
+        self.stats.count(outcome, (message.email, code, reply))
+        if self.on_outcome is not None:
+            self.on_outcome(message, outcome, code, reply)
+        self._release(message)
+
+    def _release(self, message: Outgoing) -> None:
+        self._pending -= 1
+        self._capacity.release()
+        self._maybe_finish()

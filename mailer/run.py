@@ -1,0 +1,203 @@
+"""One run of ``mailer send``, a dry run or a test send: check everything, lock, bring the
+journal up to date, deliver on one event loop, sum up. The only module that puts the
+stages together."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .address import Mailbox, check_address
+from .campaign import Campaign
+from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, ConfigError, InputError
+from .journal import CampaignLock, Journal
+from .models import Outgoing, Recipient, Stats
+from .outbox import Outbox
+from .pool import NullRecorder, OutcomeHook, Recorder, SenderPool
+from .report import Reporter
+from .settings import Settings
+from .smtp import SmtpConfig, helo_name, is_loopback
+
+
+@dataclass
+class SendOptions:
+    concurrency: int = 4
+    rate: float | None = None
+    retries: int = 3
+    retry_delay: float = 2.0
+    max_messages: int | None = None
+    retry_failed: bool = False
+    retry_for: float = 3 * 86400.0  # seconds a guest may stay deferred across runs
+
+
+@dataclass
+class Result:
+    stats: Stats
+    skipped: int = 0
+    suppressed: int = 0
+    remaining: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        stats = self.stats
+        if stats.deferred or stats.unknown or stats.stopped:
+            return EXIT_TEMPFAIL
+        if stats.failed or stats.expired:
+            return EXIT_REJECTED
+        return EXIT_OK
+
+
+def smtp_config(settings: Settings, sender_domain: str) -> SmtpConfig:
+    """How to reach the relay; ConfigError for a login over plain text to another host."""
+    if settings.smtp_security == "none" and settings.smtp_username \
+            and not is_loopback(settings.smtp_host):
+        raise ConfigError(f"MAILER_SMTP_SECURITY is none and MAILER_SMTP_USERNAME is set: "
+                          f"refusing to send the password in plain text to "
+                          f"{settings.smtp_host} (use starttls or tls; plain AUTH only to a "
+                          f"relay on this machine)")
+    return SmtpConfig(settings.smtp_host, settings.smtp_port, settings.smtp_security,
+                      settings.smtp_username, settings.smtp_password, settings.smtp_timeout,
+                      helo_name(settings.smtp_helo, sender_domain),
+                      settings.messages_per_connection, settings.smtp_data_timeout)
+
+
+def check_or_fail(campaign: Campaign, reporter: Reporter) -> None:
+    """Validate the list and render every message; InputError (65) on any error."""
+    report = campaign.check()
+    if not reporter.quiet:
+        for warning in report.warnings:
+            reporter.line(warning)
+    if not report.ok:
+        errors = report.errors
+        for error in errors[:-1]:
+            reporter.line(error)
+        more = f" ({len(errors)} errors; nothing was sent)"
+        raise InputError(errors[-1] + more)
+
+
+def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter) -> Outbox:
+    check_or_fail(campaign, reporter)
+    title = f"{campaign.template} — {campaign.listing.display}"
+    with Outbox(outbox, title, campaign.attachments) as box:
+        for recipient, suppressed in campaign.recipients():
+            if not suppressed:
+                box.write(campaign.build(recipient, keep_rendered=True))
+    return box
+
+
+def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter) -> Stats:
+    """Run the pool on one event loop (uvloop where installed). SIGTERM and SIGINT stop it
+    gracefully: no new message starts, those in flight finish and are recorded."""
+    async def main() -> Stats:
+        loop = asyncio.get_running_loop()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def stop(name: str) -> None:
+            if not pool.stopping:
+                reporter.stopping(name)
+            pool.stop(f"interrupted by {name}")
+
+        for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            loop.add_signal_handler(sig, stop, name)
+        try:
+            return await pool.run(messages)
+        finally:
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)  # what was there before (cli's: exit 75)
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def _pool(campaign: Campaign, recorder: Recorder, options: SendOptions,
+          on_outcome: OutcomeHook) -> SenderPool:
+    assert campaign.sender is not None
+    return SenderPool(smtp_config(campaign.settings, campaign.sender.domain), recorder,
+                      concurrency=options.concurrency, rate=options.rate,
+                      retries=options.retries, retry_delay=options.retry_delay,
+                      max_messages=options.max_messages, on_outcome=on_outcome)
+
+
+def send(campaign: Campaign, journal_path: Path, options: SendOptions,
+         reporter: Reporter) -> Result:
+    """Deliver every message not yet delivered in this campaign."""
+    assert campaign.sender is not None and campaign.template is not None
+    result = Result(Stats())
+    with CampaignLock(journal_path, campaign.id):
+        check_or_fail(campaign, reporter)
+        with Journal(journal_path) as journal:
+            journal.sync(campaign.id, campaign.template, str(campaign.listing.path),
+                         ((r.address.key, r.email, r.name, r.line, s)
+                          for r, s in campaign.recipients()))
+            expired = journal.expire(campaign.id, options.retry_for)
+            before = journal.counts(campaign.id)[campaign.id]
+            todo = journal.remaining(campaign.id, options.retry_failed)
+            result.skipped = before["sent"]
+            result.suppressed = before["suppressed"]
+            if not options.retry_failed:
+                result.skipped += before["failed"] - len(expired)
+            if todo:
+                pool = _pool(campaign, journal.recorder(campaign.id), options,
+                             reporter.outcome)
+                reporter.start(min(todo, options.max_messages or todo))
+                try:
+                    result.stats = _deliver(pool, _due(campaign, journal, options), reporter)
+                finally:
+                    reporter.stop()
+                result.remaining = journal.remaining(campaign.id, options.retry_failed)
+        result.stats.expired = expired
+    reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
+                     remaining=result.remaining, failed=result.exit_code != EXIT_OK)
+    return result
+
+
+def _due(campaign: Campaign, journal: Journal, options: SendOptions) -> Iterator[Outgoing]:
+    """The messages of the guests due in this run, built one at a time as the pool asks."""
+    for recipient, suppressed in campaign.recipients():
+        if suppressed:
+            continue
+        state = journal.due(campaign.id, recipient.address.key, options.retry_failed)
+        if state is not None:
+            message = campaign.build(recipient)
+            message.prior = state
+            yield message
+
+
+def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
+              options: SendOptions, reporter: Reporter) -> Result:
+    """Send the message of one real recipient only to the test addresses."""
+    check_or_fail(campaign, reporter)
+    wanted = check_address(recipient_email).key if recipient_email else None
+    chosen: Recipient | None = None
+    for recipient, _ in campaign.recipients():
+        if wanted is None or recipient.address.key == wanted:
+            chosen = recipient
+            break
+    if chosen is None:
+        raise InputError(f"{campaign.listing.display}: no recipient {recipient_email!r} "
+                         f"in the list")
+    boxes = [Mailbox("", check_address(address)) for address in to]
+    messages = [campaign.build(chosen, to=box) for box in boxes]
+    pool = _pool(campaign, NullRecorder(), options, reporter.outcome)
+    reporter.start(len(messages))
+    try:
+        stats = _deliver(pool, iter(messages), reporter)
+    finally:
+        reporter.stop()
+    result = Result(stats)
+    reporter.rejected(stats)
+    if not reporter.quiet or result.exit_code:
+        click.echo(f"test message for {chosen.email} (line {chosen.line}) sent to "
+                   f"{', '.join(b.address.normalized for b in boxes)}: {stats.sent} sent, "
+                   f"{stats.failed} failed, {stats.deferred} deferred")
+    return result
