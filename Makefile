@@ -25,14 +25,18 @@ demo: $(STAMP)
 		$(BIN)/mailer send recipients/eksempel.csv --template invitasjon --dry-run --outbox outbox
 	@echo "Open the preview page: outbox/index.html"
 
-## system-deps: Debian packages some tests use (headless Chromium, SpamAssassin); best effort
+## system-deps: Debian packages of the real programs tests use (headless Chromium,
+## SpamAssassin, Postfix as a private smtpd); best effort
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v spamassassin >/dev/null 2>&1 || missing="$$missing spamassassin"; \
+	test -x /usr/sbin/postfix || missing="$$missing postfix"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing$$missing"; \
+			echo 'postfix postfix/main_mailer_type select No configuration' \
+				| debconf-set-selections 2>/dev/null || true; \
 			($(APT) update >/dev/null && $(APT) install --no-install-recommends $$missing >/dev/null) \
 				|| echo "could not install$$missing: the tests that need them are skipped"; \
 		else echo "missing$$missing (not root): the tests that need them are skipped"; fi; \

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests import postfix
 from tests.conftest import Server, people, send, smtp_env
 from tests.smtpserver import Recorder, authenticator, start_server
 from tests.test_journal import spawn, status_json, wait_for
@@ -219,3 +221,29 @@ def test_dot_stuffing_is_done_once_and_survives_a_retry(tmp_path: Path, smtp: Se
     text = handler.messages[0].message.get_body(("plain",)).get_content()
     assert text.replace("\r\n", "\n") == ".\n..\n.Punktum først\nslutt\n.\n"
     assert os.environ.get("MAILER_PROCESSES") is None
+
+
+@pytest.mark.skipif(not postfix.available(), reason="needs root and Debian's postfix")
+def test_a_real_postfix_accepts_pipelined_transactions_without_complaint(
+        tmp_path: Path, tpl: Path) -> None:
+    with postfix.Postfix() as mx:
+        env = {"MAILER_SMTP_HOST": "127.0.0.1", "MAILER_SMTP_PORT": str(mx.port),
+               "MAILER_SMTP_SECURITY": "none", "MAILER_SENDER": "Digdir <invitasjon@example.org>",
+               "MAILER_SMTP_HELO": "client.example.org"}
+        result = send(tpl, people(tmp_path, 200), env, "--concurrency", "4")
+        assert result.exit_code == 0, result.output
+        assert "sent 200, failed 0" in result.output
+        log = mx.wait_for_log(lambda text: text.count("status=sent") == 200
+                              and text.count("disconnect from") >= 4, "200 deliveries")
+        assert "improper command pipelining" not in log
+        sessions = re.findall(r"disconnect from \S+ ehlo=1 mail=(\d+) rcpt=(\d+) data=(\d+)", log)
+        assert sum(int(m) for m, _, _ in sessions) == 200
+        assert all(m == r == d for m, r, d in sessions)
+        # The control: a client that writes a command Postfix does not allow to be pipelined
+        # (MAIL right behind EHLO) is logged, so the check above can fail.
+        with socket.create_connection(("127.0.0.1", mx.port), timeout=10) as raw:
+            raw.recv(200)
+            raw.sendall(b"EHLO client.example.org\r\nMAIL FROM:<a@example.org>\r\n")
+            raw.recv(1000)
+        mx.wait_for_log(lambda text: "improper command pipelining after EHLO" in text,
+                        "the control's complaint")
