@@ -145,15 +145,16 @@ class Campaign:
                 (report.warnings if item.warning else report.problems).append(str(item))
                 continue
             report.recipients += 1
-            why = language_warning(item.language, known, default)
-            if why is not None:
+            if item.language is not None and item.language not in known:
+                why = language_warning(item.language, known, default)
                 report.fallback += 1
-                report.warnings.append(str(Problem(report.path, item.line, why, True)))
-            for column in item.multiline:
-                if column in subject_uses:
-                    report.problems.append(str(Problem(
-                        report.path, item.line, f"column '{column}' holds a line break and "
-                                                f"the subject uses it")))
+                report.warnings.append(str(Problem(report.path, item.line, str(why), True)))
+            if item.multiline:
+                for column in item.multiline:
+                    if column in subject_uses:
+                        report.problems.append(str(Problem(
+                            report.path, item.line, f"column '{column}' holds a line break "
+                                                    f"and the subject uses it")))
             if item.address.key in self.suppressed:
                 report.suppressed += 1
                 continue

@@ -40,15 +40,16 @@ class Attachment:
         object.__setattr__(self, "encoded", _base64_lines(self.data))
 
 
-_STUFF = re.compile(rb"(?m)^\.")
-
-
 def wire_form(data: bytes) -> bytes:
     """What follows the server's 354: the message dot-stuffed (RFC 5321 4.5.2) and ended
-    by ``.``, made once per message (``data`` already has CRLF line ends)."""
+    by ``.``, made once per message. ``data`` has CRLF line ends (``build`` makes it so),
+    so every line start is the start of the data or follows a CRLF."""
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return _STUFF.sub(b"..", data) + b".\r\n"
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
 
 
 def message_id(campaign: str, key: str, domain: str) -> str:

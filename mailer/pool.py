@@ -31,7 +31,7 @@ OutcomeHook = Callable[[Outgoing, Outcome, int | None, str], None]
 class Recorder(Protocol):
     """Where outcomes go (the journal); called from the event loop only."""
 
-    async def sending(self, message: Outgoing) -> None: ...
+    def sending(self, message: Outgoing) -> None: ...
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
                reply: str) -> None: ...
@@ -44,7 +44,7 @@ class Recorder(Protocol):
 class NullRecorder:
     """For a test send: the journal is left alone."""
 
-    async def sending(self, message: Outgoing) -> None:
+    def sending(self, message: Outgoing) -> None:
         pass
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
@@ -202,7 +202,7 @@ class SenderPool:
                 await conn.close()
 
     async def _send(self, conn: Connection, message: Outgoing) -> None:
-        await self.recorder.sending(message)
+        self.recorder.sending(message)  # durable before the transaction starts
         redact = self.config.redact
         try:
             reply = await conn.send(message)

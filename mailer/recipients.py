@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +97,53 @@ class _Lines:
             self.record.append(line)
             yield line
 
-    def take(self) -> list[str]:
-        record, self.record = self.record, []
-        return record
+
+
+class SeenAddresses:
+    """The addresses seen so far in a pass, for duplicates: an open-addressing table of
+    64-bit hashes and line numbers in two arrays (12 bytes a slot, at most half full), so
+    a list of a million addresses needs some 32 MB instead of a dict's 180. Two different
+    addresses with the same 64-bit hash (odds about 1 in 10^7 for a million) would be
+    reported as a duplicate: a warning that names both lines, so a person sees it."""
+
+    def __init__(self) -> None:
+        self._hashes = array("q", bytes(8 * 1024))
+        self._lines = array("i", bytes(4 * 1024))
+        self._used = 0
+
+    def first_line(self, key: str, line: int) -> int | None:
+        """The line ``key`` was first seen on; None (and remembered) when it is new."""
+        digest = hash(key) or 1  # 0 marks an empty slot
+        hashes = self._hashes
+        mask = len(hashes) - 1
+        at = digest & mask
+        while True:
+            found = hashes[at]
+            if found == 0:
+                break
+            if found == digest:
+                return self._lines[at]
+            at = (at + 1) & mask
+        hashes[at] = digest
+        self._lines[at] = line
+        self._used += 1
+        if self._used * 2 > len(hashes):
+            self._grow()
+        return None
+
+    def _grow(self) -> None:
+        old_hashes, old_lines = self._hashes, self._lines
+        size = 2 * len(old_hashes)
+        self._hashes = hashes = array("q", bytes(8 * size))
+        self._lines = lines = array("i", bytes(4 * size))
+        mask = size - 1
+        for digest, line in zip(old_hashes, old_lines, strict=True):
+            if digest:
+                at = digest & mask
+                while hashes[at]:
+                    at = (at + 1) & mask
+                hashes[at] = digest
+                lines[at] = line
 
 
 @dataclass
@@ -157,39 +202,53 @@ class RecipientList:
             self.email_column = email
             self.name_column = _find(self.headers, NAME_COLUMNS)
             self.language_column = _find(self.headers, LANGUAGE_COLUMNS)
-            yield from self._records(_Lines(stream, header_line), shown, delimiter, {})
+            yield from self._records(_Lines(stream, header_line), shown, delimiter,
+                                     SeenAddresses())
 
     def _records(self, lines: _Lines, shown: str, delimiter: str,
-                 seen: dict[str, int]) -> Iterator[Recipient | Problem]:
+                 seen: SeenAddresses) -> Iterator[Recipient | Problem]:
+        """The records of ``lines``; a csv error ends the read with a Problem."""
+        csv.field_size_limit(FIELD_LIMIT)
+        reader = csv.reader(lines, delimiter=delimiter, strict=False)
+        try:
+            yield from self._rows(reader, lines, shown, delimiter, seen)
+        except csv.Error as exc:  # what follows cannot be read reliably
+            line = lines.count - len(lines.record) + 1
+            if "field larger" in str(exc):
+                yield Problem(shown, line, f"a field is longer than {FIELD_LIMIT:,} "
+                                           f"characters: check for a stray '\"'")
+            else:
+                yield Problem(shown, line, f"cannot read the record: {exc}")
+
+    def _rows(self, reader: Iterator[list[str]], lines: _Lines, shown: str, delimiter: str,
+              seen: SeenAddresses) -> Iterator[Recipient | Problem]:
         headers = self.headers
         width = len(headers)
         email_col, name_col, lang_col = self.email_column, self.name_column, self.language_column
         email_header = headers[email_col]
         header_bound = {email_col} | {c for c in (name_col, lang_col) if c is not None}
-        csv.field_size_limit(FIELD_LIMIT)
-        reader = csv.reader(lines, delimiter=delimiter, strict=False)
-        while True:
-            line = lines.count + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                if "field larger" in str(exc):
-                    yield Problem(shown, line, f"a field is longer than {FIELD_LIMIT:,} "
-                                               f"characters: check for a stray '\"'")
-                else:
-                    yield Problem(shown, line, f"cannot read the record: {exc}")
-                return  # what follows cannot be read reliably
-            raw = lines.take()
-            if len(raw) > 1 and sum(part.count('"') for part in raw) % 2:
-                # A quote opened and never closed: the reader swallowed every line to the
-                # end. Say so, then read the lines after this one again as records.
-                yield Problem(shown, line, f"a quoted field opens on this line and never "
-                                           f"closes (it swallows lines {line}–{lines.count}):"
-                                           f" check for a stray '\"'")
-                yield from self._records(_Lines(iter(raw[1:]), line), shown, delimiter, seen)
-                return
+        raw = lines.record
+        for row in reader:
+            line = lines.count - len(raw) + 1
+            if len(raw) == 1:
+                raw.clear()
+            else:
+                record = raw[:]
+                raw.clear()
+                if sum(part.count('"') for part in record) % 2:
+                    # A quote opened and never closed: the reader swallowed every line to
+                    # the end. Say so, then read the lines after this one again as records.
+                    yield Problem(shown, line, f"a quoted field opens on this line and "
+                                               f"never closes (it swallows lines {line}–"
+                                               f"{lines.count}): check for a stray '\"'")
+                    yield from self._records(_Lines(iter(record[1:]), line), shown,
+                                             delimiter, seen)
+                    return
+                bad = [c for c, v in enumerate(row) if c in header_bound and _BREAK.search(v)]
+                if bad:
+                    yield Problem(shown, line, f"column '{headers[bad[0]]}' holds a line break")
+                    continue
+                row = [_BREAK.sub("\n", v) for v in row]
             if len(row) > width:
                 yield Problem(shown, line, f"{len(row)} fields but the header has {width}: "
                                            f"quote fields that hold '{delimiter}'")
@@ -200,14 +259,8 @@ class RecipientList:
             if _BAD_IN_ROW.search(joined):
                 yield self._field_problem(row, shown, line)
                 continue
-            multiline: tuple[str, ...] = ()
-            if len(raw) > 1 or "\r" in joined or "\n" in joined:
-                bad = [c for c, v in enumerate(row) if c in header_bound and _BREAK.search(v)]
-                if bad:
-                    yield Problem(shown, line, f"column '{headers[bad[0]]}' holds a line break")
-                    continue
-                row = [_BREAK.sub("\n", v) for v in row]
-                multiline = tuple(headers[c] for c, v in enumerate(row) if "\n" in v)
+            multiline = () if "\n" not in joined else \
+                tuple(headers[c] for c, v in enumerate(row) if "\n" in v)
             if len(row) < width:
                 row += [""] * (width - len(row))
             raw_email = row[email_col].strip()
@@ -219,14 +272,12 @@ class RecipientList:
             except AddressError as exc:
                 yield Problem(shown, line, f"invalid address {raw_email!r}: {exc}")
                 continue
-            key = address.key
-            first_line = seen.get(key)
+            first_line = seen.first_line(address.key, line)
             if first_line is not None:
                 yield Problem(shown, line, f"duplicate address {address.normalized} "
                                            f"(first on line {first_line}): skipped",
                               warning=True)
                 continue
-            seen[key] = line
             yield Recipient(
                 line=line,
                 address=address,

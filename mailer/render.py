@@ -9,11 +9,6 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 import jinja2
-from inscriptis.css_profiles import CSS_PROFILES
-from inscriptis.html_engine import Inscriptis
-from inscriptis.model.config import ParserConfig
-from lxml.etree import ParserError
-from lxml.html import document_fromstring
 from markupsafe import Markup
 
 from .errors import ConfigError, TemplateError
@@ -156,6 +151,10 @@ def html_to_text(html: str) -> str:
 
     inscriptis (Apache-2.0) lays out the text as a browser would (blocks, lists, tables);
     links are marked in the tree first, so text that only looks like a link stays text."""
+    from inscriptis.html_engine import Inscriptis  # imported when first needed: 50 ms
+    from lxml.etree import ParserError
+    from lxml.html import document_fromstring
+
     if not html.strip():
         return "\n"
     try:
@@ -176,10 +175,15 @@ def html_to_text(html: str) -> str:
             anchor[-1].tail = f"{anchor[-1].tail or ''} ({target})"
         else:
             anchor.text = f"{anchor.text or ''} ({target})"
-    text: str = Inscriptis(tree, _TEXT_CONFIG).get_text()
+    text: str = Inscriptis(tree, _text_config()).get_text()
     text = "\n".join(line.rstrip() for line in text.splitlines())
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
-_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=False,
-                            display_anchors=False)
+@lru_cache(maxsize=1)
+def _text_config() -> Any:
+    from inscriptis.css_profiles import CSS_PROFILES
+    from inscriptis.model.config import ParserConfig
+
+    return ParserConfig(css=CSS_PROFILES["strict"], display_links=False,
+                        display_anchors=False)

@@ -163,10 +163,11 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
 
 def _due(campaign: Campaign, journal: Journal, options: SendOptions) -> Iterator[Outgoing]:
     """The messages of the guests due in this run, built one at a time as the pool asks."""
+    due = journal.due_list(campaign.id, options.retry_failed)
     for recipient, suppressed in campaign.recipients():
         if suppressed:
             continue
-        state = journal.due(campaign.id, recipient.address.key, options.retry_failed)
+        state = due.state_of(recipient.line, recipient.address.key)
         if state is not None:
             message = campaign.build(recipient)
             message.prior = state

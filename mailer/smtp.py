@@ -226,14 +226,27 @@ class Connection:
 
     async def _reply(self, future: asyncio.Future[Reply], stage: str,
                      timeout: float | None = None) -> Reply:
+        """The reply a future stands for, within ``timeout`` (a timer on the future: the
+        cost of asyncio.wait_for, a task and two futures per reply, is not needed)."""
+        seconds = timeout or self.config.timeout
+        if not future.done():
+            timer = asyncio.get_running_loop().call_later(seconds, self._expire, future,
+                                                          seconds)
+            try:
+                await future
+            except Lost as exc:
+                raise Lost(str(exc), stage, timeout=exc.timeout) from None
+            finally:
+                timer.cancel()
         try:
-            return await asyncio.wait_for(future, timeout or self.config.timeout)
-        except TimeoutError:
-            self.abort()
-            raise Lost(f"no reply to {stage} within {timeout or self.config.timeout:g} s",
-                       stage, timeout=True) from None
+            return future.result()
         except Lost as exc:
-            raise Lost(str(exc), stage) from None
+            raise Lost(str(exc), stage, timeout=exc.timeout) from None
+
+    def _expire(self, future: asyncio.Future[Reply], seconds: float) -> None:
+        if not future.done():
+            future.set_exception(Lost(f"no reply within {seconds:g} s", "", timeout=True))
+            self.abort()
 
     async def _command(self, line: bytes, stage: str) -> Reply:
         future = self.replies.expect()
