@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .address import Mailbox
-from .calendar import ICS_CONTENT_TYPE, ICS_FILENAME, Event, load_event
+from .calendar import (
+    ICS_FILENAME,
+    Event,
+    EventContext,
+    changed_fields,
+    find_event,
+    to_ics,
+)
 from .errors import TemplateError
-from .message import Attachment, MessageFactory, message_id, wire_form
-from .models import Outgoing, Problem, Recipient
+from .message import Invitation, MessageFactory, message_id, wire_form
+from .models import EventRun, Outgoing, Problem, Recipient
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .render import Renderer
 from .settings import Settings
@@ -88,6 +97,10 @@ class Campaign:
         self.suppressed = load_suppressions(suppress)
         self.sender: Mailbox | None = settings.sender_mailbox if need_sender else None
         self.event: Event | None = None
+        self.uid = ""
+        self.keeps_calendars = False  # the template that holds event.toml (not a reminder)
+        self.sequence = 0  # the event version this run sends (see use_version)
+        self.versions: dict[int, dict[str, str]] = {}
         self.templates: TemplateFolder | None = None
         self.renderer: Renderer | None = None
         self.factory: MessageFactory | None = None
@@ -96,23 +109,59 @@ class Campaign:
         templates_dir = settings.templates_dir
         folder = templates_dir / template
         if folder.is_dir():
-            self.event = load_event(folder, templates_dir)
+            found = find_event(folder, templates_dir)
+            if found is not None:
+                self.event, holder = found
+                self.keeps_calendars = holder == folder
+                organizer = self.event.organizer_mailbox
+                domain = organizer.domain if organizer else \
+                    self.sender.domain if self.sender else "mailer.invalid"
+                name = holder.relative_to(templates_dir).as_posix()
+                self.uid = self.event.stable_uid(name, domain)
+                self.sequence = self.event.sequence
         self.templates = TemplateFolder(templates_dir, template, variables=variables,
                                         default_language=settings.language,
-                                        extra={"event": self.event})
+                                        extra=self._event_context())
         self.renderer = Renderer(self.templates, settings.unsubscribe_url)
-        self.factory = self._factory() if self.sender is not None else None
+        if self.sender is not None:
+            self.factory = MessageFactory(self.sender, settings.reply_to_mailbox)
 
-    def _factory(self) -> MessageFactory:
-        assert self.sender is not None
-        attachments: list[Attachment] = []
-        if self.event is not None and self.template is not None:
-            organizer = self.event.organizer_mailbox
-            domain = organizer.domain if organizer else self.sender.domain
-            uid = self.event.stable_uid(self.template, domain)
-            attachments.append(Attachment(ICS_FILENAME, ICS_CONTENT_TYPE,
-                                          self.event.to_ics(uid)))
-        return MessageFactory(self.sender, self.settings.reply_to_mailbox, attachments)
+    # The event ------------------------------------------------------------------------
+
+    def _event_context(self, kind: str = "invitation", held: int | None = None
+                       ) -> dict[str, Any]:
+        """``event``, ``update``, ``changes`` and ``cancelled`` for the templates."""
+        if self.event is None:
+            return {"event": None, "update": False, "changes": [], "cancelled": False}
+        old = self.versions.get(held) if held is not None else None
+        changes = changed_fields(old, self.event.shown()) if kind == "update" else []
+        return {"event": EventContext(self.event, self.sequence), "update": kind == "update",
+                "changes": changes, "cancelled": kind == "cancellation"}
+
+    def use_version(self, sequence: int, versions: dict[int, dict[str, str]]) -> None:
+        """The SEQUENCE this run sends (from the journal) and every version's fields."""
+        self.sequence = sequence
+        self.versions = versions
+
+    @property
+    def event_run(self) -> EventRun | None:
+        if self.event is None:
+            return None
+        return EventRun(self.uid, self.sequence, self.event.cancelled, self.keeps_calendars)
+
+    def kind_for(self, held: int | None) -> str | None:
+        """What a guest who holds version ``held`` (None: none) gets in this run, or None
+        when there is nothing to send: the rules that keep every calendar up to date."""
+        event = self.event
+        if event is None:
+            return "message"
+        if event.cancelled:
+            return "cancellation" if held is not None else None
+        if held is None:
+            return "invitation"
+        if held < self.sequence:
+            return "update"
+        return None if self.keeps_calendars else "reminder"
 
     # Streaming the list ---------------------------------------------------------------
 
@@ -137,6 +186,11 @@ class Campaign:
             subject_uses = self.templates.subject_variables()
             known = {lang or default for lang in self.templates.variants}
         report.fallback_language = default
+        if self.event is not None and self.event.starts < datetime.now(UTC):
+            report.warnings.append(
+                f"{self.settings.templates_dir / (self.template or '')}: warning: the event "
+                f"started {self.event.starts:%Y-%m-%d %H:%M} ({self.event.timezone}): is "
+                f"event.toml up to date?")
         if first is not None:
             items = _chain(first, items)
         for item in items:
@@ -170,25 +224,45 @@ class Campaign:
         return report
 
     def build(self, recipient: Recipient, *, keep_rendered: bool = False,
-              to: Mailbox | None = None) -> Outgoing:
+              to: Mailbox | None = None, kind: str | None = None,
+              held: int | None = None) -> Outgoing:
         """Render and build the message for one recipient (``to`` replaces the recipient
-        in the envelope and To header, for a test send)."""
+        in the envelope and To header, for a test send); ``kind`` as ``kind_for`` said."""
         assert self.factory is not None and self.renderer is not None
-        rendered = self.renderer.render(recipient)
+        kind = kind or ("message" if self.event is None else
+                        "cancellation" if self.event.cancelled else "invitation")
+        context = self._event_context(kind, held) if self.event is not None else None
+        rendered = self.renderer.render(recipient, context)
         mailbox = to or Mailbox(recipient.name, recipient.address)
         msgid = message_id(self.id, recipient.address.key if to is None
                            else f"test:{mailbox.address.key}", self.factory.domain)
-        data = self.factory.build(rendered, mailbox, msgid)
+        if self.event is not None:
+            # One Message-ID per version: an update is a new message, a resend is not.
+            msgid = message_id(f"{self.id}\x00{self.sequence}\x00{kind}",
+                               recipient.address.key if to is None
+                               else f"test:{mailbox.address.key}", self.factory.domain)
+        invitation = self._invitation(kind, mailbox)
+        data = self.factory.build(rendered, mailbox, msgid, calendar=invitation)
+        holds = None if self.event is None or to is not None else \
+            (self.uid, self.sequence, kind == "cancellation")
         return Outgoing(line=recipient.line, key=recipient.address.key,
                         email=mailbox.address.normalized, name=mailbox.name,
                         envelope_from=self.factory.sender.address.ascii,
                         envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
                         wire=wire_form(data), subject=rendered.subject, lang=rendered.lang,
-                        rendered=rendered if keep_rendered else None)
+                        rendered=rendered if keep_rendered else None, kind=kind, holds=holds)
+
+    def _invitation(self, kind: str, attendee: Mailbox) -> Invitation | None:
+        event = self.event
+        if event is None:
+            return None
+        method = "CANCEL" if kind == "cancellation" else \
+            "PUBLISH" if event.method == "publish" else "REQUEST"
+        return Invitation(to_ics(event, self.uid, self.sequence, method, attendee), method)
 
     @property
     def attachments(self) -> list[str]:
-        return [a.filename for a in self.factory.attachments] if self.factory else []
+        return [ICS_FILENAME] if self.event is not None else []
 
 
 def _chain(first: Recipient | Problem, rest: Iterator[Recipient | Problem]

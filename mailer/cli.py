@@ -183,6 +183,9 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 @click.option("--max-messages", type=click.IntRange(1), metavar="N",
               help="Send at most N messages in this run, then stop (exit 0).")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
+@click.option("--cancel-removed", is_flag=True,
+              help="Send a cancellation to guests who hold the event's invitation but are "
+                   "no longer on the list.")
 @click.option("--retry-for", metavar="DURATION", callback=_duration,
               help="Give up on a recipient still deferred this long after the first attempt "
                    "(s, m, h or d) [MAILER_RETRY_FOR, default 3d].")
@@ -197,7 +200,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
          variables: dict[str, str], suppress: tuple[Path, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
-         max_messages: int | None, retry_failed: bool,
+         max_messages: int | None, retry_failed: bool, cancel_removed: bool,
          retry_for: str | None, test_to: tuple[str, ...], test_recipient: str | None,
          quiet: bool) -> None:
     """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
@@ -220,15 +223,18 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
                         suppress=suppress, campaign_id=campaign_id)
     reporter = Reporter(quiet=quiet)
     if dry_run:
-        box = runs.dry_run(campaign, outbox, reporter)
+        box = runs.dry_run(campaign, outbox, reporter, settings.journal)
         if not quiet:
-            click.echo(f"dry run: {box.count} messages written to {outbox}/ (nothing sent); "
+            kinds = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}"
+                              for kind, n in box.kinds.items() if kind != "message")
+            click.echo(f"dry run: {box.count} messages{f' ({kinds})' if kinds else ''} "
+                       f"written to {outbox}/ (nothing sent); "
                        f"preview: {box.index.resolve().as_uri()}")
         return
     options = runs.SendOptions(
         concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
         retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
-        retry_for=settings.retry_for_seconds)
+        retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed)
     if test_to:
         result = runs.test_send(campaign, list(test_to), test_recipient, options, reporter)
     else:
@@ -261,6 +267,12 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
                 click.echo(f"{cid:<{width}}  "
                            + "  ".join(f"{per_state[s]:>10}" for s in STATES)
                            + f"  {sum(per_state.values()):>8}")
+            for cid in counts:
+                uid = db.event_of(cid)
+                if uid is not None:
+                    current, older = db.holder_counts(uid)
+                    click.echo(f"{cid}: event {uid}: {current} guests hold the current "
+                               f"version, {older} need an update")
             return
         fields = ["campaign", "email", "name", "line", "state", "attempts", "code", "reply",
                   "message_id", "updated"]

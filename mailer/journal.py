@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import sqlite3
@@ -26,9 +27,9 @@ from typing import Any
 
 from .errors import ConfigError, InputError, TemporaryError
 from .files import open_private, private_dir, private_file
-from .models import Outcome, Outgoing
+from .models import EventRun, Outcome, Outgoing
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
 
 _SCHEMA = """
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS campaigns (
     id TEXT PRIMARY KEY,
     template TEXT,
     recipients TEXT,
+    event TEXT,
     created TEXT NOT NULL,
     updated TEXT NOT NULL
 );
@@ -60,6 +62,30 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- cost of each commit while sending), and counting a campaign's rows by state scans its
 -- primary-key range in milliseconds.
 DROP INDEX IF EXISTS deliveries_state;
+-- Calendar events: the version last sent (SEQUENCE and what a calendar shows), every
+-- version's fields (to tell a guest what changed), and which version each guest holds.
+CREATE TABLE IF NOT EXISTS events (
+    uid TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_versions (
+    uid TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    fields TEXT NOT NULL,
+    PRIMARY KEY (uid, sequence)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holders (
+    uid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    sequence INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (uid, key)
+) WITHOUT ROWID;
 """
 
 
@@ -96,18 +122,30 @@ class DueList:
     lines: array[int] = field(default_factory=lambda: array("q"))
     keys: array[int] = field(default_factory=lambda: array("q"))
     states: bytearray = field(default_factory=bytearray)
+    held: array[int] = field(default_factory=lambda: array("q"))  # -1: holds no version
     _at: int = 0
 
-    def state_of(self, line: int, key: str) -> str | None:
-        """The state of the guest on ``line`` when due, else None. Lines must be asked in
-        increasing order (as the list is read)."""
+    def add(self, line: int, key: str, state: str, held: int | None) -> None:
+        self.lines.append(line)
+        self.keys.append(hash(key))
+        self.states.append(STATES.index(state))
+        self.held.append(-1 if held is None else held)
+
+    def find(self, line: int, key: str) -> tuple[str, int | None] | None:
+        """(state, sequence held) of the guest on ``line`` when due, else None. Lines must
+        be asked in increasing order (as the list is read)."""
         lines, at = self.lines, self._at
         while at < len(lines) and lines[at] < line:
             at += 1
         self._at = at
         if at < len(lines) and lines[at] == line and self.keys[at] == hash(key):
-            return STATES[self.states[at]]
+            held = self.held[at]
+            return STATES[self.states[at]], None if held < 0 else held
         return None
+
+    def state_of(self, line: int, key: str) -> str | None:
+        found = self.find(line, key)
+        return None if found is None else found[0]
 
 
 class Journal:
@@ -142,6 +180,9 @@ class Journal:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
             if "first_attempt" not in columns:  # a version 2 journal
                 self.db.execute("ALTER TABLE deliveries ADD COLUMN first_attempt TEXT")
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(campaigns)")}
+            if "event" not in columns:  # a version 3 journal
+                self.db.execute("ALTER TABLE campaigns ADD COLUMN event TEXT")
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path}: not a usable journal: {exc}") from None
@@ -149,6 +190,7 @@ class Journal:
         self._results: list[tuple[Any, ...]] = []
         self._sending: list[tuple[Any, ...]] = []
         self._reverts: list[tuple[Any, ...]] = []
+        self._holders: list[tuple[Any, ...]] = []
 
     def _protect(self) -> None:
         """The WAL and shared-memory files hold the same personal data: owner only."""
@@ -206,21 +248,106 @@ class Journal:
                  for key, email, name, line, suppressed in rows))
         self._protect()
 
-    def due_list(self, campaign: str, retry_failed: bool) -> DueList:
+    def due_list(self, campaign: str, retry_failed: bool,
+                 event: EventRun | None = None) -> DueList:
         """The guests due in this run, in list order: one query, kept compact (a line
-        number, a hash of the address and the state: 13 bytes a guest), so the list can be
-        walked beside it without asking the journal once per guest."""
+        number, a hash of the address, the state and the event version held: 21 bytes a
+        guest), so the list can be walked beside it without asking the journal once per
+        guest. For the campaign that holds an event, a guest who was sent an older version
+        than the current one is due again (an update, or a cancellation)."""
         states = ("queued", "sending", "deferred") + (("failed",) if retry_failed else ())
-        marks = ",".join("?" * len(states))
+        uid = event.uid if event is not None else ""
+        again = "0"
+        if event is not None and event.keeps_calendars:
+            again = ("(d.state = 'sent' AND (h.sequence IS NULL OR h.sequence < :seq "
+                     "OR (:cancelled AND h.cancelled = 0)))")
         due = DueList()
-        for line, key, state in self.db.execute(
-                f"SELECT line, key, state FROM deliveries WHERE campaign = ? "  # noqa: S608
-                f"AND line IS NOT NULL AND state IN ({marks}) ORDER BY line",
-                (campaign, *states)):
-            due.lines.append(line)
-            due.keys.append(hash(key))
-            due.states.append(STATES.index(state))
+        query = (f"SELECT d.line, d.key, d.state, "  # noqa: S608
+                 f"CASE WHEN h.cancelled THEN NULL ELSE h.sequence END FROM deliveries d "
+                 f"LEFT JOIN holders h ON h.uid = :uid AND h.key = d.key "
+                 f"WHERE d.campaign = :campaign AND d.line IS NOT NULL AND "
+                 f"(d.state IN ({','.join(f':s{i}' for i in range(len(states)))}) OR {again}) "
+                 f"ORDER BY d.line")
+        params: dict[str, Any] = {"uid": uid, "campaign": campaign,
+                                  "seq": event.sequence if event else 0,
+                                  "cancelled": bool(event and event.cancelled)}
+        params.update({f"s{i}": state for i, state in enumerate(states)})
+        for line, key, state, held in self.db.execute(query, params):
+            due.add(line, key, state, held)
         return due
+
+    # Events ------------------------------------------------------------------------
+
+    def event_version(self, campaign: str, uid: str, shown: dict[str, str], fingerprint: str,
+                      minimum: int, *, write: bool = True) -> tuple[int, dict[int, dict[str, str]]]:
+        """The SEQUENCE this run sends and every known version's fields.
+
+        The first time: ``minimum``. When what a calendar shows changed since the version
+        last sent: one more (once, however many runs follow). ``write`` False (a dry run)
+        computes the same without recording it."""
+        row = self.db.execute("SELECT sequence, fingerprint FROM events WHERE uid = ?",
+                              (uid,)).fetchone()
+        if row is None:
+            sequence, new = minimum, True
+        elif row[1] != fingerprint or minimum > row[0]:
+            sequence, new = max(row[0] + 1, minimum), True
+        else:
+            sequence, new = row[0], False
+        if new and write:
+            now = _now()
+            with self.transaction() as db:
+                db.execute("INSERT INTO events (uid, sequence, fingerprint, updated) VALUES "
+                           "(?, ?, ?, ?) ON CONFLICT (uid) DO UPDATE SET sequence = excluded."
+                           "sequence, fingerprint = excluded.fingerprint, updated = excluded."
+                           "updated", (uid, sequence, fingerprint, now))
+                db.execute("INSERT OR REPLACE INTO event_versions (uid, sequence, fields) "
+                           "VALUES (?, ?, ?)", (uid, sequence, json.dumps(shown)))
+                if row is None:
+                    # Guests a journal from before events were tracked records as sent hold
+                    # this version: they must not be invited twice.
+                    db.execute("INSERT OR IGNORE INTO holders (uid, key, email, name, "
+                               "sequence, cancelled, updated) SELECT ?, key, email, name, ?, "
+                               "0, ? FROM deliveries WHERE campaign = ? AND state = 'sent'",
+                               (uid, sequence, now, campaign))
+        versions = {int(seq): json.loads(fields) for seq, fields in self.db.execute(
+            "SELECT sequence, fields FROM event_versions WHERE uid = ?", (uid,))}
+        if new and not write:
+            versions[sequence] = shown
+        return sequence, versions
+
+    def removed_holders(self, campaign: str, uid: str) -> list[tuple[str, str, str]]:
+        """(key, email, name) of guests who hold the event (not cancelled) but are no longer
+        on this campaign's list."""
+        rows = self.db.execute(
+            "SELECT h.key, h.email, h.name FROM holders h WHERE h.uid = ? AND h.cancelled = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign = ? AND d.key = h.key "
+            "AND d.line IS NOT NULL) ORDER BY h.email", (uid, campaign)).fetchall()
+        return [(str(k), str(e), str(n)) for k, e, n in rows]
+
+    def holder_counts(self, uid: str) -> tuple[int, int]:
+        """(guests holding the current version, guests holding an older one)."""
+        row = self.db.execute(
+            "SELECT count(*) FILTER (WHERE h.sequence = e.sequence), "
+            "count(*) FILTER (WHERE h.sequence < e.sequence) FROM holders h JOIN events e "
+            "ON e.uid = h.uid WHERE h.uid = ? AND h.cancelled = 0", (uid,)).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def guest(self, campaign: str, key: str, uid: str) -> tuple[str | None, int | None]:
+        """(state in this campaign, version held of the event) of one guest: for a dry run,
+        which asks without having synced the list."""
+        row = self.db.execute("SELECT state FROM deliveries WHERE campaign = ? AND key = ?",
+                              (campaign, key)).fetchone()
+        held = self.db.execute("SELECT sequence FROM holders WHERE uid = ? AND key = ? "
+                               "AND cancelled = 0", (uid, key)).fetchone()
+        return (None if row is None else str(row[0]), None if held is None else int(held[0]))
+
+    def event_of(self, campaign: str) -> str | None:
+        row = self.db.execute("SELECT event FROM campaigns WHERE id = ?", (campaign,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def set_event(self, campaign: str, uid: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE campaigns SET event = ? WHERE id = ?", (uid, campaign))
 
     def remaining(self, campaign: str, retry_failed: bool = False) -> int:
         states = ("queued", "sending", "deferred") + (("failed",) if retry_failed else ())
@@ -288,6 +415,13 @@ class Journal:
     def purge(self, campaign: str) -> int:
         """Delete a campaign's rows and compact the file so the addresses are gone."""
         with self.transaction() as db:
+            row = db.execute("SELECT event FROM campaigns WHERE id = ?", (campaign,)).fetchone()
+            if row is not None and row[0] is not None:  # the event's guests go with it
+                others = db.execute("SELECT count(*) FROM campaigns WHERE event = ? AND id != ?",
+                                    (row[0], campaign)).fetchone()[0]
+                if not others:
+                    for table in ("holders", "event_versions", "events"):
+                        db.execute(f"DELETE FROM {table} WHERE uid = ?", (row[0],))  # noqa: S608
             deleted = db.execute("DELETE FROM deliveries WHERE campaign = ?",
                                  (campaign,)).rowcount
             db.execute("DELETE FROM campaigns WHERE id = ?", (campaign,))
@@ -306,6 +440,12 @@ class Journal:
     def queue_sending(self, campaign: str, key: str, message_id: str) -> None:
         self._sending.append((message_id, _now(), campaign, key))
 
+    def queue_holder(self, uid: str, key: str, email: str, name: str, sequence: int,
+                     cancelled: bool) -> None:
+        """A guest's calendar now holds this version of the event (committed with the
+        result that says the message was delivered)."""
+        self._holders.append((uid, key, email, name, sequence, int(cancelled), _now()))
+
     def queue_revert(self, campaign: str, key: str, state: str) -> None:
         """Put a guest back as it was before this run marked it (a refusal that was no
         fault of the guest's)."""
@@ -314,7 +454,8 @@ class Journal:
     def flush(self) -> None:
         """Commit every queued change in one transaction (results before sending marks,
         so a retried message ends as 'sending')."""
-        if not self._results and not self._sending and not self._reverts:
+        if not self._results and not self._sending and not self._reverts \
+                and not self._holders:
             return
         self.db.execute("BEGIN IMMEDIATE")  # take the write lock now: two workers may write
         try:
@@ -329,6 +470,13 @@ class Journal:
                     "state = 'sending', attempts = attempts + 1, "
                     "message_id = ?1, updated = ?2 WHERE campaign = ?3 AND key = ?4",
                     self._sending)
+            if self._holders:
+                self.db.executemany(
+                    "INSERT INTO holders (uid, key, email, name, sequence, cancelled, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid, key) DO UPDATE SET "
+                    "email = excluded.email, name = excluded.name, sequence = excluded.sequence,"
+                    " cancelled = excluded.cancelled, updated = excluded.updated",
+                    self._holders)
             if self._reverts:
                 self.db.executemany(
                     "UPDATE deliveries SET state = ?, attempts = max(attempts - 1, 0) "
@@ -340,6 +488,7 @@ class Journal:
         self._results.clear()
         self._sending.clear()
         self._reverts.clear()
+        self._holders.clear()
 
 
 class JournalRecorder:
@@ -367,6 +516,10 @@ class JournalRecorder:
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
                reply: str) -> None:
         self.journal.queue_result(self.campaign, message.key, outcome.value, code, reply)
+        if outcome is Outcome.SENT and message.holds is not None:
+            uid, sequence, cancelled = message.holds
+            self.journal.queue_holder(uid, message.key, message.email, message.name, sequence,
+                                      cancelled)
 
     def revert(self, message: Outgoing) -> None:
         self.journal.queue_revert(self.campaign, message.key, message.prior or "queued")

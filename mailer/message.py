@@ -195,7 +195,7 @@ class MessageFactory:
         return self.sender.domain
 
     def build(self, rendered: Rendered, to: Mailbox, msgid: str, *,
-              date: str | None = None) -> bytes:
+              date: str | None = None, calendar: Invitation | None = None) -> bytes:
         """The whole message as bytes with CRLF line ends, ready for DATA or a .eml file."""
         headers = [
             self._fixed[0],  # From
@@ -214,7 +214,7 @@ class MessageFactory:
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         headers.append("MIME-Version: 1.0")
         boundary = f"=_{msgid[1:17]}"
-        body = _body(rendered, boundary, self.attachments)
+        body = _body(rendered, boundary, self.attachments, calendar)
         return (CRLF.join(headers) + CRLF + body).encode("ascii")
 
 
@@ -230,20 +230,46 @@ def _multipart(subtype: str, boundary: str, parts: Sequence[str]) -> str:
            f"This is a multi-part message in MIME format.{CRLF}{inner}{CRLF}--{boundary}--{CRLF}"
 
 
-def _body(rendered: Rendered, boundary: str, attachments: Sequence[Attachment]) -> str:
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """A guest's own calendar object and its iTIP method (PUBLISH, REQUEST, CANCEL)."""
+
+    data: bytes
+    method: str
+    filename: str = "invitasjon.ics"
+
+
+def _attachment(content_type: str, filename: str, encoded: str) -> str:
+    return (f'Content-Type: {content_type}; name="{filename}"{CRLF}'
+            f'Content-Disposition: attachment; filename="{filename}"{CRLF}'
+            f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{encoded}")
+
+
+def _body(rendered: Rendered, boundary: str, attachments: Sequence[Attachment],
+          calendar: Invitation | None) -> str:
+    """The MIME tree. With an iTIP REQUEST or CANCEL (RFC 6047), the calendar object is the
+    last alternative, ``text/calendar; method=…`` (as Outlook sends it and Gmail updates in
+    place), and the same object is attached as a file for clients that show only files
+    (``application/ics``, as Google attaches it, so no client takes it for a second
+    invitation). A PUBLISH object is an attachment only."""
     alternatives = []
     if rendered.text is not None:
         alternatives.append(_text_part("plain", rendered.text, rendered.lang))
     if rendered.html is not None:
         alternatives.append(_text_part("html", rendered.html, rendered.lang))
+    files = [_attachment(a.content_type, a.filename, a.encoded) for a in attachments]
+    if calendar is not None:
+        encoded = _base64_lines(calendar.data)
+        if calendar.method == "PUBLISH":
+            files.insert(0, _attachment('text/calendar; charset="utf-8"; method=PUBLISH',
+                                        calendar.filename, encoded))
+        else:
+            alternatives.append(
+                f'Content-Type: text/calendar; charset="utf-8"; method={calendar.method}{CRLF}'
+                f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{encoded}")
+            files.insert(0, _attachment("application/ics", calendar.filename, encoded))
     content = alternatives[0] if len(alternatives) == 1 else \
         _multipart("alternative", f"{boundary}a", alternatives)
-    if not attachments:
+    if not files:
         return content
-    files = [
-        f"Content-Type: {a.content_type}; name=\"{a.filename}\"{CRLF}"
-        f'Content-Disposition: attachment; filename="{a.filename}"{CRLF}'
-        f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{a.encoded}"
-        for a in attachments
-    ]
     return _multipart("mixed", f"{boundary}m", [content, *files])

@@ -84,6 +84,8 @@ class Outgoing:
     rendered: Rendered | None = None
     attempt: int = 0  # temporary failures so far in this run
     prior: str | None = None  # the journal state before this run touched it
+    kind: str = "message"  # invitation, update, cancellation, reminder, or message
+    holds: tuple[str, int, bool] | None = None  # (event UID, SEQUENCE, cancelled) once sent
 
 
 class Outcome(StrEnum):
@@ -93,6 +95,18 @@ class Outcome(StrEnum):
     FAILED = "failed"  # permanent (5xx): not retried
     DEFERRED = "deferred"  # temporary (4xx, drop, timeout) after the retries
     UNKNOWN = "sending"  # no reply to the end of the message: may or may not have arrived
+
+
+@dataclass(frozen=True)
+class EventRun:
+    """The event of a campaign in this run: its UID, the SEQUENCE sent, whether it is
+    cancelled, and whether this campaign keeps calendars up to date (the template that
+    holds event.toml) or sends each guest once (a sub-template: a reminder)."""
+
+    uid: str
+    sequence: int
+    cancelled: bool
+    keeps_calendars: bool
 
 
 Named = tuple[str, int | None, str]  # (address, code, reply)

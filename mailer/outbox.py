@@ -37,6 +37,10 @@ def _script_json(value: object) -> str:
 MANIFEST = ".mailer-outbox"
 
 
+def _kind(kind: str) -> str:
+    return "" if kind == "message" else f" ({kind})"
+
+
 class Outbox:
     """Write messages into a folder; use as a context manager.
 
@@ -49,6 +53,7 @@ class Outbox:
         self.title = title
         self.attachments = ", ".join(attachments)
         self.count = 0
+        self.kinds: dict[str, int] = {}  # invitation, update, cancellation, ... → messages
         self._page: IO[str] | None = None
         self._tail = ""
 
@@ -120,7 +125,7 @@ class Outbox:
             f'<tr data-i="{self.count}" id="m{self.count}" aria-selected="false">'
             f"<td>{self.count}</td><td>{esc(job.name)}<br><small>{esc(job.email)}</small></td>"
             f"<td>{esc(job.lang)}</td><td>{esc(job.subject)}</td>"
-            f"<td>{esc(self.attachments)}</td></tr>\n"
+            f"<td>{esc(self.attachments)}{esc(_kind(job.kind))}</td></tr>\n"
             f'<script type="application/json" id="d{self.count}">{_script_json(payload)}'
             f"</script>\n")
         return path

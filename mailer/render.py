@@ -77,7 +77,7 @@ class Renderer:
                               f"{where}, not an https://, http:// or mailto: URL")
         return url
 
-    def render(self, recipient: Recipient) -> Rendered:
+    def render(self, recipient: Recipient, extra: dict[str, Any] | None = None) -> Rendered:
         """Render every part for one recipient; TemplateError names file and list line."""
         folder = self.folder
         variant = folder.variant_for(recipient.language)
@@ -87,6 +87,8 @@ class Renderer:
                                 f"(recipient on line {recipient.line})")
         lang = variant.lang or folder.default_language
         ctx = self.context(recipient, lang)
+        if extra:
+            ctx.update(extra)
         url = ctx["unsubscribe_url"] = self._unsubscribe_url(ctx, recipient)
         files = variant.files
         current = files["subject"]

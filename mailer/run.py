@@ -33,6 +33,7 @@ class SendOptions:
     max_messages: int | None = None
     retry_failed: bool = False
     retry_for: float = 3 * 86400.0  # seconds a guest may stay deferred across runs
+    cancel_removed: bool = False  # send a cancellation to holders no longer on the list
 
 
 @dataclass
@@ -80,14 +81,47 @@ def check_or_fail(campaign: Campaign, reporter: Reporter) -> None:
         raise InputError(errors[-1] + more)
 
 
-def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter) -> Outbox:
+def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
+            journal_path: Path | None = None) -> Outbox:
+    """Write what a send would send into ``outbox``. For an event, what each guest would
+    get (invitation, update, cancellation) comes from the journal when there is one; it is
+    read, never written."""
     check_or_fail(campaign, reporter)
     title = f"{campaign.template} — {campaign.listing.display}"
-    with Outbox(outbox, title, campaign.attachments) as box:
-        for recipient, suppressed in campaign.recipients():
-            if not suppressed:
-                box.write(campaign.build(recipient, keep_rendered=True))
+    journal = None
+    if campaign.event is not None and journal_path is not None and journal_path.exists():
+        journal = Journal(journal_path, create=False)
+    try:
+        if journal is not None and campaign.event is not None:
+            campaign.use_version(*journal.event_version(
+                campaign.id, campaign.uid, campaign.event.shown(), campaign.event.fingerprint(),
+                campaign.event.sequence, write=False))
+        with Outbox(outbox, title, campaign.attachments) as box:
+            for recipient, suppressed in campaign.recipients():
+                if suppressed:
+                    continue
+                kind, held = _planned(campaign, journal, recipient)
+                if kind is not None:
+                    box.write(campaign.build(recipient, keep_rendered=True, kind=kind,
+                                             held=held))
+                    box.kinds[kind] = box.kinds.get(kind, 0) + 1
+    finally:
+        if journal is not None:
+            journal.close()
     return box
+
+
+def _planned(campaign: Campaign, journal: Journal | None, recipient: Recipient
+             ) -> tuple[str | None, int | None]:
+    """What a send would give one guest (a dry run: asked guest by guest)."""
+    if campaign.event is None or journal is None:
+        return campaign.kind_for(None), None
+    state, held = journal.guest(campaign.id, recipient.address.key, campaign.uid)
+    if state == "sent" and not campaign.keeps_calendars:
+        return None, held
+    if state in ("failed", "suppressed"):
+        return None, held
+    return campaign.kind_for(held), held
 
 
 def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter) -> Stats:
@@ -140,8 +174,18 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                          ((r.address.key, r.email, r.name, r.line, s)
                           for r, s in campaign.recipients()))
             expired = journal.expire(campaign.id, options.retry_for)
+            removed: list[tuple[str, str, str]] = []
+            if campaign.event is not None:
+                journal.set_event(campaign.id, campaign.uid)
+                campaign.use_version(*journal.event_version(
+                    campaign.id, campaign.uid, campaign.event.shown(),
+                    campaign.event.fingerprint(), campaign.event.sequence))
+                if campaign.keeps_calendars:
+                    removed = journal.removed_holders(campaign.id, campaign.uid)
+                    _name_removed(removed, options, reporter)
             before = journal.counts(campaign.id)[campaign.id]
-            todo = journal.remaining(campaign.id, options.retry_failed)
+            todo = _remaining(campaign, journal, options) \
+                + (len(removed) if options.cancel_removed else 0)
             result.skipped = before["sent"]
             result.suppressed = before["suppressed"]
             if not options.retry_failed:
@@ -151,27 +195,65 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                              reporter.outcome)
                 reporter.start(min(todo, options.max_messages or todo))
                 try:
-                    result.stats = _deliver(pool, _due(campaign, journal, options), reporter)
+                    messages = _due(campaign, journal, options,
+                                    removed if options.cancel_removed else [])
+                    result.stats = _deliver(pool, messages, reporter)
                 finally:
                     reporter.stop()
-                result.remaining = journal.remaining(campaign.id, options.retry_failed)
+                result.remaining = _remaining(campaign, journal, options)
         result.stats.expired = expired
     reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
                      remaining=result.remaining, failed=result.exit_code != EXIT_OK)
     return result
 
 
-def _due(campaign: Campaign, journal: Journal, options: SendOptions) -> Iterator[Outgoing]:
-    """The messages of the guests due in this run, built one at a time as the pool asks."""
-    due = journal.due_list(campaign.id, options.retry_failed)
+def _due(campaign: Campaign, journal: Journal, options: SendOptions,
+         removed: list[tuple[str, str, str]]) -> Iterator[Outgoing]:
+    """The messages of the guests due in this run, built one at a time as the pool asks:
+    for an event, each guest gets what brings their calendar up to date."""
+    due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
     for recipient, suppressed in campaign.recipients():
         if suppressed:
             continue
-        state = due.state_of(recipient.line, recipient.address.key)
-        if state is not None:
-            message = campaign.build(recipient)
+        found = due.find(recipient.line, recipient.address.key)
+        if found is None:
+            continue
+        state, held = found
+        kind = campaign.kind_for(held)
+        if kind is not None:
+            message = campaign.build(recipient, kind=kind, held=held)
             message.prior = state
             yield message
+    headers = campaign.listing.headers
+    for _key, email, name in removed:  # --cancel-removed: no longer on the list
+        guest = Recipient(line=0, address=check_address(email), name=name, language=None,
+                          headers=headers, row=[""] * len(headers))
+        message = campaign.build(guest, kind="cancellation", held=campaign.sequence)
+        message.prior = "sent"
+        yield message
+
+
+def _remaining(campaign: Campaign, journal: Journal, options: SendOptions) -> int:
+    """Guests still due: for an event, only those who would get something."""
+    if campaign.event is None:
+        return journal.remaining(campaign.id, options.retry_failed)
+    due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
+    return sum(1 for held in due.held
+               if campaign.kind_for(None if held < 0 else held) is not None)
+
+
+def _name_removed(removed: list[tuple[str, str, str]], options: SendOptions,
+                  reporter: Reporter) -> None:
+    if not removed:
+        return
+    names = ", ".join(email for _, email, _ in removed[:20])
+    more = f" and {len(removed) - 20} more" if len(removed) > 20 else ""
+    what = "each is sent a cancellation (--cancel-removed)" if options.cancel_removed else \
+        "--cancel-removed sends each a cancellation"
+    one = len(removed) == 1
+    reporter.line(f"{len(removed)} guest{'' if one else 's'} hold{'s' if one else ''} this "
+                  f"invitation but {'is' if one else 'are'} no longer on the list: "
+                  f"{names}{more}; {what}")
 
 
 def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,

@@ -158,7 +158,8 @@ class TemplateFolder:
         self.name = name
         self.folder = templates_dir / name
         self.default_language = default_language
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        parts = name.split("/")
+        if not name or "\\" in name or any(not p or p.startswith(".") for p in parts):
             raise TemplateError(f"invalid template name {name!r}")
         if not self.folder.is_dir():
             available = sorted(p.name for p in templates_dir.iterdir()
@@ -295,7 +296,8 @@ class TemplateFolder:
     def missing_variables(self, headers: Iterable[str]) -> list[str]:
         """``file:line: ...`` for each variable that no column, --var or built-in provides."""
         provided = set(self.env.globals) | set(self.extra)
-        provided |= {"recipient", "email", "name", "language", "lang", "content"}
+        provided |= {"recipient", "email", "name", "language", "lang", "content", "update",
+                     "changes", "cancelled"}
         provided |= {h for h in headers if top_level(h)}
         return [f"{where}:{line}: variable '{var}' is used but no column or --var "
                 f"provides it"

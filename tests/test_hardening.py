@@ -335,10 +335,11 @@ def test_fuzz_the_address_check(text: str) -> None:
     assert check_address(address.normalized) == address
 
 
-def test_console_sqlite_journal_is_version_3_with_first_attempts(tmp_path: Path, tpl: Path,
-                                                                 smtp: Server) -> None:
+def test_the_journal_records_first_attempts(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    from mailer.journal import SCHEMA_VERSION
+
     controller, _ = smtp
     assert send(tpl, people(tmp_path, 1), smtp_env(controller)).exit_code == 0
     with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("SELECT first_attempt FROM deliveries").fetchone()[0]

@@ -39,13 +39,30 @@ def by_address(messages: list[EmailMessage]) -> dict[str, EmailMessage]:
     return {m["To"].addresses[0].addr_spec: m for m in messages}
 
 
-def calendar_of(msg: EmailMessage) -> icalendar.Calendar:
-    parts = [p for p in msg.iter_attachments() if p.get_content_type() == "text/calendar"]
-    assert len(parts) == 1
-    assert parts[0].get_filename() == "invitasjon.ics"
-    assert parts[0].get_param("method") == "PUBLISH"
-    assert parts[0].get_content_charset() == "utf-8"
-    return icalendar.Calendar.from_ical(parts[0].get_payload(decode=True))
+def calendar_of(msg: EmailMessage, method: str = "REQUEST") -> icalendar.Calendar:
+    """The guest's calendar object, checked for the iMIP form (RFC 6047) of ``method``:
+    REQUEST and CANCEL as the last alternative (text/calendar; method=…) and the same bytes
+    as an invitasjon.ics attachment; PUBLISH as the attachment only."""
+    assert msg.get_content_type() == "multipart/mixed"
+    alternative = msg.get_payload()[0]
+    files = list(msg.iter_attachments())
+    assert files[0].get_filename() == "invitasjon.ics"
+    data = files[0].get_payload(decode=True)
+    if method == "PUBLISH":
+        assert files[0].get_content_type() == "text/calendar"
+        assert files[0].get_param("method") == "PUBLISH"
+        assert all(p.get_content_type() != "text/calendar" for p in alternative.walk())
+    else:
+        inline = alternative.get_payload()[-1]
+        assert alternative.get_content_type() == "multipart/alternative"
+        assert inline.get_content_type() == "text/calendar"
+        assert inline.get_param("method") == method
+        assert inline.get_content_charset() == "utf-8"
+        assert files[0].get_content_type() == "application/ics"
+        assert inline.get_payload(decode=True) == data
+    cal = icalendar.Calendar.from_ical(data)
+    assert str(cal["method"]) == method
+    return cal
 
 
 # Calendar ---------------------------------------------------------------------------
@@ -55,31 +72,60 @@ def test_every_invitation_carries_the_event(templates: Path) -> None:
     assert len(messages) == 7
     uids = set()
     for msg in messages:
-        assert msg.get_content_type() == "multipart/mixed"
-        body = msg.get_payload()[0]
-        assert body.get_content_type() == "multipart/alternative"
         cal = calendar_of(msg)
-        assert str(cal["method"]) == "PUBLISH"
         zones = [c for c in cal.walk("VTIMEZONE")]
         assert [str(z["tzid"]) for z in zones] == ["Europe/Oslo"]
+        rules = sorted((sub["rrule"]["FREQ"], sub["rrule"]["BYMONTH"], sub["rrule"]["BYDAY"])
+                       for sub in zones[0].subcomponents)  # yearly rules, not RDATE lists
+        assert rules == [(["YEARLY"], [3], ["-1SU"]), (["YEARLY"], [10], ["-1SU"])]
         event = cal.walk("VEVENT")[0]
         oslo = ZoneInfo("Europe/Oslo")
-        assert event.decoded("dtstart") == datetime(2022, 10, 27, 10, 15, tzinfo=oslo)
-        assert event.decoded("dtend") == datetime(2022, 10, 27, 11, 30, tzinfo=oslo)
+        assert event.decoded("dtstart") == datetime(2027, 10, 27, 10, 15, tzinfo=oslo)
+        assert event.decoded("dtend") == datetime(2027, 10, 27, 11, 30, tzinfo=oslo)
         assert str(event["summary"]) == "Felles kompetanseløft for digital transformasjon"
         assert "Trondheim" in str(event["location"])
         assert str(event["organizer"]) == "mailto:invitasjon@example.org"
-        assert int(event["sequence"]) == 0
+        assert event["organizer"].params["CN"] == "Digdir"
+        attendee = event["attendee"]
+        assert not isinstance(attendee, list)  # exactly one: the guest
+        assert str(attendee) == f"mailto:{msg['To'].addresses[0].addr_spec}"
+        assert attendee.params["CN"] == msg["To"].addresses[0].display_name
+        assert (attendee.params["ROLE"], attendee.params["PARTSTAT"], attendee.params["RSVP"]) \
+            == ("REQ-PARTICIPANT", "NEEDS-ACTION", "TRUE")
+        assert int(event["sequence"]) == 0 and str(event["status"]) == "CONFIRMED"
         uids.add(str(event["uid"]))
-    assert uids == {"nokios-2022-kompetanseloft@example.org"}
+    assert uids == {"nokios-2027-kompetanseloft@example.org"}
     nb = by_address(messages)["kari.nordmann@example.org"]
-    assert "Torsdag 27. oktober 2022 kl. 10.15–11.30" in nb.get_body(("plain",)).get_content()
+    assert "Onsdag 27. oktober 2027 kl. 10.15–11.30" in nb.get_body(("plain",)).get_content()
+
+
+def test_the_shipped_event_is_the_same_instant_in_icalendar_and_vobject(
+        templates: Path) -> None:
+    from datetime import UTC
+
+    import vobject
+
+    msg = dry_run(templates, "invitasjon")[0]
+    data = next(msg.iter_attachments()).get_payload(decode=True)
+    by_icalendar = icalendar.Calendar.from_ical(data).walk("VEVENT")[0].decoded("dtstart")
+    by_vobject = vobject.readOne(data.decode()).vevent.dtstart.value
+    expected = datetime(2027, 10, 27, 8, 15, tzinfo=UTC)  # CEST: UTC+2 in October
+    assert by_icalendar.astimezone(UTC) == expected
+    assert by_vobject.astimezone(UTC) == expected
+
+
+def test_publish_is_an_attachment_without_attendee(templates: Path) -> None:
+    toml = templates / "invitasjon" / "event.toml"
+    toml.write_text(toml.read_text().replace('method = "request"', 'method = "publish"'))
+    msg = dry_run(templates, "invitasjon")[0]
+    event = calendar_of(msg, "PUBLISH").walk("VEVENT")[0]
+    assert "attendee" not in event
 
 
 def test_uid_without_uid_field_is_stable_across_runs(templates: Path) -> None:
     toml = templates / "invitasjon" / "event.toml"
     toml.write_text("\n".join(line for line in toml.read_text().splitlines()
-                              if not line.startswith(("uid", "sequence"))) + "\nsequence = 2\n")
+                              if not line.startswith("uid")) + "\nsequence = 2\n")
     first = calendar_of(dry_run(templates, "invitasjon", outbox="a")[0]).walk("VEVENT")[0]
     second = calendar_of(dry_run(templates, "invitasjon", outbox="b")[-1]).walk("VEVENT")[0]
     assert str(first["uid"]) == str(second["uid"])
@@ -88,13 +134,18 @@ def test_uid_without_uid_field_is_stable_across_runs(templates: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    (("start = 2022-10-27T10:15:00", ""), "field 'start': missing"),
+    (("start = 2027-10-27T10:15:00", ""), "field 'start': missing"),
     (('timezone = "Europe/Oslo"', 'timezone = "Europe/Trondheim"'), "field 'timezone': unknown"),
-    (("end = 2022-10-27T11:30:00", "end = 2022-10-27T09:00:00"), "'end' must be after 'start'"),
+    (("end = 2027-10-27T11:30:00", "end = 2027-10-27T09:00:00"), "'end' must be after 'start'"),
     (('organizer = "Digdir <invitasjon@example.org>"', 'organizer = "Digdir"'),
      "field 'organizer'"),
-    (("sequence = 0", "sequence = 0\ncolour = 'blue'"), "field 'colour': unknown field"),
-    (("sequence = 0", "sequence = = 0"), "event.toml: "),
+    (('organizer = "Digdir <invitasjon@example.org>"', ""),
+     "field 'organizer': 'organizer' is required for method = \"request\""),
+    (('method = "request"', 'method = "ask"'), "field 'method'"),
+    (('status = "confirmed"', 'status = "maybe"'), "field 'status'"),
+    (('status = "confirmed"', "status = 'confirmed'\ncolour = 'blue'"),
+     "field 'colour': unknown field"),
+    (('status = "confirmed"', "status = = 0"), "event.toml: "),
 ])
 def test_bad_event_exits_65_naming_the_field(templates: Path, change: tuple[str, str],
                                              expected: str) -> None:
@@ -173,12 +224,12 @@ def test_language_variants_and_fallback(templates: Path) -> None:
     assert "Venleg helsing" in nn.get_body(("plain",)).get_content()
     assert '<html lang="nn">' in nn.get_body(("html",)).get_content()
     assert en["Subject"].startswith("Invitation: A joint skills boost")
-    assert "27 October 2022" in en["Subject"]
+    assert "27 October 2027" in en["Subject"]
     assert '<html lang="en">' in en.get_body(("html",)).get_content()
     assert "Vennlig hilsen" in nb.get_body(("plain",)).get_content()
     assert '<html lang="nb">' in blank.get_body(("html",)).get_content()
     assert nb["Subject"] == ("Invitasjon: Felles kompetanseløft for digital transformasjon – "
-                             "NOKIOS 27. oktober 2022")
+                             "NOKIOS 27. oktober 2027")
 
 
 def test_validate_reports_a_language_with_no_variant_and_no_fallback(tmp_path: Path) -> None:
