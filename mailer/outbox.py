@@ -81,14 +81,31 @@ class Outbox:
             private_dir(self.folder)
             return
         manifest = self.folder / MANIFEST
-        if manifest.is_symlink() or (not manifest.exists() and any(self.folder.iterdir())):
-            raise ConfigError(f"{self.folder}: the folder holds files that mailer did not "
-                              f"write: give --outbox an empty or new folder")
-        if not manifest.exists():
+        if manifest.is_symlink():
+            raise ConfigError(f"{self.folder}: {MANIFEST} is a symbolic link: refusing it")
+        if manifest.exists():
+            names = manifest.read_text(encoding="utf-8", errors="replace").splitlines()
+        elif not any(self.folder.iterdir()):
             return
-        for name in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+        else:
+            names = self._earlier_outbox()
+        for name in names:
             if name == "index.html" or _OURS.match(name):  # never a path, never '..'
                 (self.folder / name).unlink(missing_ok=True)
+
+    def _earlier_outbox(self) -> list[str]:
+        """The files of an outbox written before manifests were kept: nothing but
+        ``NNNNN-address.eml`` files and mailer's own preview page. Anything else is refused."""
+        names = [p.name for p in self.folder.iterdir()]
+        index = self.folder / "index.html"
+        ours = index.is_file() and not index.is_symlink() \
+            and index.read_bytes()[:1024].find(b"<title>mailer preview: ") >= 0 \
+            and all(n == "index.html" or (_OURS.match(n) and not (self.folder / n).is_symlink())
+                    for n in names)
+        if not ours:
+            raise ConfigError(f"{self.folder}: the folder holds files that mailer did not "
+                              f"write: give --outbox an empty or new folder")
+        return names
 
     def _write(self, text: str) -> None:
         assert self._page is not None

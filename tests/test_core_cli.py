@@ -293,3 +293,23 @@ def test_dry_run_replaces_its_own_files_only(tmp_path: Path) -> None:
         in result.output
     assert victim.read_text() == "keep"
     assert not list((tmp_path / "outbox").glob(".index-*"))
+
+
+def test_an_outbox_from_before_manifests_is_replaced_a_look_alike_refused(
+        tmp_path: Path) -> None:
+    root = simple(tmp_path)
+    path = write(tmp_path / "l.csv", "email\na@example.org\n")
+    old = tmp_path / "old"
+    write(old / "00001-x@example.org.eml", "From: a\r\n\r\nold\r\n")
+    write(old / "index.html", "<!DOCTYPE html>\n<title>mailer preview: t — l.csv</title>\n")
+    result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
+                 "--dry-run", "--outbox", str(old), env=ENV)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in old.glob("*.eml")) == ["00001-a@example.org.eml"]
+    fake = tmp_path / "fake"
+    write(fake / "20240101-invoice.eml", "keep")
+    write(fake / "index.html", "<title>my page</title>")
+    result = run("send", str(path), "--template", "t", "--templates-dir", str(root),
+                 "--dry-run", "--outbox", str(fake), env=ENV)
+    assert result.exit_code == 78
+    assert (fake / "20240101-invoice.eml").read_text() == "keep"
