@@ -22,13 +22,13 @@ from .calendar import (
     find_event,
     to_ics,
 )
-from .errors import TemplateError
+from .errors import InputError, TemplateError, UsageProblem
 from .message import Invitation, MessageFactory, message_id, wire_form
 from .models import EventRun, Outgoing, Problem, Recipient
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .render import Renderer
 from .settings import Settings
-from .templates import TemplateFolder
+from .templates import TemplateFolder, describe_error, make_environment, top_level
 
 
 @dataclass
@@ -43,6 +43,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     languages: dict[str, int] = field(default_factory=dict)
     fallback: int = 0  # recipients whose language has no variant (they get the default)
+    matching: int | None = None  # recipients that pass every --where (None: no --where)
     fallback_language: str = ""
     # a template error (without the recipient line) → the list lines it happened on
     template_errors: dict[str, list[int]] = field(default_factory=dict)
@@ -73,6 +74,8 @@ class CheckReport:
         if self.fallback:
             parts.append(f"{self.fallback} with an unknown language got "
                          f"{self.fallback_language or 'the default'}")
+        if self.matching is not None:
+            parts.append(f"{self.matching} match --where")
         if self.languages:
             parts.append("by language: " + " / ".join(f"{lang} {count}" for lang, count
                                                       in sorted(self.languages.items())))
@@ -89,7 +92,8 @@ class Campaign:
 
     def __init__(self, settings: Settings, recipients: Path, template: str | None, *,
                  variables: Mapping[str, str] = {}, suppress: Sequence[Path] = (),
-                 campaign_id: str | None = None, need_sender: bool = True) -> None:
+                 campaign_id: str | None = None, need_sender: bool = True,
+                 where: Sequence[str] = ()) -> None:
         self.settings = settings
         self.listing = RecipientList(recipients)
         self.template = template
@@ -104,7 +108,12 @@ class Campaign:
         self.templates: TemplateFolder | None = None
         self.renderer: Renderer | None = None
         self.factory: MessageFactory | None = None
+        self.where_text = list(where)
+        self.where: list[Any] = []
+        self.answers: dict[str, str] = {}  # key → accepted, declined, tentative (the inbox)
+        self.bounced: set[str] = set()
         if template is None:
+            self._compile_where()
             return
         templates_dir = settings.templates_dir
         folder = templates_dir / template
@@ -124,7 +133,48 @@ class Campaign:
                                         extra=self._event_context())
         self.renderer = Renderer(self.templates, settings.unsubscribe_url)
         if self.sender is not None:
-            self.factory = MessageFactory(self.sender, settings.reply_to_mailbox)
+            self.factory = MessageFactory(self.sender, settings.reply_to_mailbox,
+                                          unsubscribe_mailto=settings.unsubscribe_mailto)
+        self._compile_where()
+
+    # --where ---------------------------------------------------------------------------
+
+    def _compile_where(self) -> None:
+        import jinja2
+
+        env = self.templates.env if self.templates is not None else \
+            make_environment(self.settings.templates_dir)
+        for text in self.where_text:
+            try:
+                self.where.append(env.compile_expression(text, undefined_to_none=False))
+            except jinja2.TemplateSyntaxError as exc:
+                raise UsageProblem(f"--where {text!r}: {exc.message}") from None
+
+    def use_journal(self, answers: dict[str, str], bounced: set[str],
+                    suppressed: set[str]) -> None:
+        """What the inbox recorded: answers to this campaign's event, bounced addresses,
+        and addresses never to mail again (bounces, unsubscribes)."""
+        self.answers = answers
+        self.bounced = bounced
+        self.suppressed = self.suppressed | suppressed
+
+    def matches(self, recipient: Recipient) -> bool:
+        """Whether a guest passes every --where (always, without one)."""
+        if not self.where:
+            return True
+        if self.renderer is not None:
+            ctx = self.renderer.context(recipient, recipient.language or
+                                        self.settings.language)
+        else:
+            ctx = {k: v for k, v in recipient.fields.items() if top_level(k)}
+            ctx.update(email=recipient.email, name=recipient.name, recipient=recipient.fields)
+        key = recipient.address.key
+        ctx.update(answer=self.answers.get(key), bounced=key in self.bounced)
+        try:
+            return all(bool(expression(**ctx)) for expression in self.where)
+        except Exception as exc:
+            raise InputError(f"--where on line {recipient.line}: {describe_error(exc)}"
+                             ) from None
 
     # The event ------------------------------------------------------------------------
 
@@ -173,7 +223,7 @@ class Campaign:
 
     def check(self) -> CheckReport:
         """Validate the whole list and (with a template) render every message once."""
-        report = CheckReport(self.listing.display)
+        report = CheckReport(self.listing.display, matching=0 if self.where else None)
         items = self.listing.scan()
         first = next(items, None)  # reads the header row: the columns are known from here
         missing: list[str] = []
@@ -212,6 +262,12 @@ class Campaign:
             if item.address.key in self.suppressed:
                 report.suppressed += 1
                 continue
+            if self.where:
+                try:
+                    if self.matches(item):
+                        report.matching = (report.matching or 0) + 1
+                except InputError as exc:
+                    report.problems.append(str(exc))
             if self.renderer is None or missing:
                 continue
             try:

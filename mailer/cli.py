@@ -111,6 +111,9 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 
 
 def template_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--where", multiple=True, metavar="EXPR",
+                        help="Only guests for whom this Jinja expression holds, e.g. "
+                             "\"answer is none\" (repeatable: all must hold).")(func)
     func = click.option("--var", "variables", multiple=True, callback=_vars,
                         metavar="KEY=VALUE", help="A value for templates (repeatable).")(func)
     func = click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False),
@@ -145,14 +148,17 @@ def cli() -> None:
 @template_options
 @handle_errors
 def validate(recipients: Path, template: str | None, templates_dir: Path | None,
-             variables: dict[str, str], suppress: tuple[Path, ...]) -> None:
+             variables: dict[str, str], suppress: tuple[Path, ...],
+             where: tuple[str, ...]) -> None:
     """Check a recipient list (and a template against it) without sending anything."""
     from .campaign import Campaign
+    from .run import read_journal
     from .settings import load_settings
 
     settings = load_settings(templates_dir=templates_dir)
     campaign = Campaign(settings, recipients, template, variables=variables,
-                        suppress=suppress, need_sender=False)
+                        suppress=suppress, need_sender=False, where=where)
+    read_journal(campaign, settings.journal)
     report = campaign.check()
     for line in (*report.errors, *report.warnings):
         click.echo(line)
@@ -183,6 +189,9 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 @click.option("--max-messages", type=click.IntRange(1), metavar="N",
               help="Send at most N messages in this run, then stop (exit 0).")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
+@click.option("--only", multiple=True, metavar="EMAIL", callback=_addresses,
+              help="Send (or resend) this campaign's message to these guests only "
+                   "(repeatable); recorded like any send.")
 @click.option("--cancel-removed", is_flag=True,
               help="Send a cancellation to guests who hold the event's invitation but are "
                    "no longer on the list.")
@@ -197,7 +206,8 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 @click.option("-q", "--quiet", is_flag=True, help="Nothing on success; failures still shown.")
 @handle_errors
 def send(recipients: Path, template: str, templates_dir: Path | None,
-         variables: dict[str, str], suppress: tuple[Path, ...], dry_run: bool, outbox: Path,
+         variables: dict[str, str], suppress: tuple[Path, ...], where: tuple[str, ...],
+         only: tuple[str, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
          max_messages: int | None, retry_failed: bool, cancel_removed: bool,
@@ -209,6 +219,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     or sent. Re-running the same campaign sends only to those not yet sent.
     """
     from . import run as runs
+    from .address import check_address
     from .campaign import Campaign
     from .report import Reporter
     from .settings import load_settings
@@ -220,7 +231,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
                              retries=retries, retry_delay=retry_delay,
                              retry_for=retry_for)
     campaign = Campaign(settings, recipients, template, variables=variables,
-                        suppress=suppress, campaign_id=campaign_id)
+                        suppress=suppress, campaign_id=campaign_id, where=where)
     reporter = Reporter(quiet=quiet)
     if dry_run:
         box = runs.dry_run(campaign, outbox, reporter, settings.journal)
@@ -234,7 +245,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     options = runs.SendOptions(
         concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
         retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
-        retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed)
+        retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed,
+        only=frozenset(check_address(address).key for address in only))
     if test_to:
         result = runs.test_send(campaign, list(test_to), test_recipient, options, reporter)
     else:
@@ -273,9 +285,12 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
                     current, older = db.holder_counts(uid)
                     click.echo(f"{cid}: event {uid}: {current} guests hold the current "
                                f"version, {older} need an update")
+                    answers = db.answer_counts(cid) or {}
+                    click.echo(f"{cid}: answers: " + ", ".join(
+                        f"{count} {name}" for name, count in answers.items()))
             return
         fields = ["campaign", "email", "name", "line", "state", "attempts", "code", "reply",
-                  "message_id", "updated"]
+                  "message_id", "updated", "answer", "answered_at", "bounce"]
         if fmt == "csv":
             stdout = sys.stdout
             writer = csv.writer(stdout, lineterminator="\n")
@@ -306,6 +321,71 @@ def purge(campaign_id: str, journal: Path | None) -> None:
         with CampaignLock(path, campaign_id):  # never under a running send's feet
             deleted = db.purge(campaign_id)
     click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from {path}")
+
+
+@cli.command()
+@click.option("--journal", type=click.Path(path_type=Path, dir_okay=False),
+              help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
+@click.option("--maildir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Read a local Maildir instead of IMAP.")
+@click.option("--mbox", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Read a local mbox file instead of IMAP.")
+@click.option("--dry-run", is_flag=True, help="Say what would be recorded; record nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="Nothing on success but what needs a human.")
+@handle_errors
+def inbox(journal: Path | None, maildir: Path | None, mbox: Path | None, dry_run: bool,
+          quiet: bool) -> None:
+    """Read answers, bounces and unsubscribes from the organiser's mailbox (read-only).
+
+    IMAP from MAILER_IMAP_* by default. Calendar answers are recorded per event and guest,
+    a hard bounce marks the guest bounced and suppresses the address for every later send,
+    as does a message to MAILER_UNSUBSCRIBE_MAILTO. Each message is read once.
+    """
+    import os as _os
+
+    from . import inbox as reader
+    from .journal import Journal
+    from .settings import load_settings
+
+    if maildir is not None and mbox is not None:
+        raise click.UsageError("give --maildir or --mbox, not both")
+    settings = load_settings(journal=journal)
+    if maildir is not None:
+        source, items = f"maildir:{_os.path.realpath(maildir)}", reader.maildir_items(maildir)
+    elif mbox is not None:
+        source, items = f"mbox:{_os.path.realpath(mbox)}", reader.mbox_items(mbox)
+    else:
+        source, items = reader.imap_items(settings)
+    with Journal(settings.journal, create=False) as db:
+        tally = reader.read(db, source, items, unsubscribe_to=settings.unsubscribe_mailto,
+                            dry_run=dry_run, say=click.echo)
+    if not quiet or tally.unplaced:
+        click.echo(tally.summary("dry run: nothing recorded" if dry_run else "recorded"))
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--journal", type=click.Path(path_type=Path, dir_okay=False),
+              help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
+@handle_errors
+def forget(address: str, journal: Path | None) -> None:
+    """Remove ADDRESS from everything in the journal (the right to erasure)."""
+    import contextlib
+
+    from .address import AddressError, check_address
+    from .journal import CampaignLock, Journal
+    from .settings import load_settings
+
+    try:
+        key = check_address(address).key
+    except AddressError as exc:
+        raise click.BadParameter(f"{address!r}: {exc}") from None
+    path = load_settings(journal=journal).journal
+    with Journal(path, create=False) as db, contextlib.ExitStack() as locks:
+        for campaign in db.campaigns():  # never under a running send's feet
+            locks.enter_context(CampaignLock(path, campaign))
+        deleted = db.forget(key)
+    click.echo(f"forgot {address}: {deleted} rows deleted from {path}")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -44,3 +44,9 @@ class TemporaryError(MailerError):
     """Nothing is wrong with the input, but try again later (server down, lock held)."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class UsageProblem(MailerError):
+    """An option's value cannot be used (a bad --where expression): a usage error."""
+
+    exit_code = EXIT_USAGE

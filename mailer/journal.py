@@ -29,8 +29,8 @@ from .errors import ConfigError, InputError, TemporaryError
 from .files import open_private, private_dir, private_file
 from .models import EventRun, Outcome, Outgoing
 
-SCHEMA_VERSION = 4
-STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
+SCHEMA_VERSION = 5
+STATES = ("queued", "sending", "sent", "deferred", "failed", "suppressed", "bounced")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     name TEXT NOT NULL DEFAULT '',
     line INTEGER,
     state TEXT NOT NULL CHECK (state IN
-        ('queued', 'sending', 'sent', 'deferred', 'failed', 'suppressed')),
+        ('queued', 'sending', 'sent', 'deferred', 'failed', 'suppressed', 'bounced')),
     attempts INTEGER NOT NULL DEFAULT 0,
     code INTEGER,
     reply TEXT,
@@ -86,6 +86,27 @@ CREATE TABLE IF NOT EXISTS holders (
     updated TEXT NOT NULL,
     PRIMARY KEY (uid, key)
 ) WITHOUT ROWID;
+-- What the inbox read: answers per event and guest, addresses never to mail again
+-- (bounces, unsubscribes), and the messages already read (so none counts twice).
+CREATE TABLE IF NOT EXISTS answers (
+    uid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    answered_at TEXT NOT NULL,
+    PRIMARY KEY (uid, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS suppressions (
+    key TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox_seen (
+    source TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    PRIMARY KEY (source, ident)
+) WITHOUT ROWID;
 """
 
 
@@ -113,6 +134,9 @@ class Entry:
     reply: str | None
     message_id: str | None
     updated: str
+    answer: str | None = None  # accepted, declined, tentative (for an event)
+    answered_at: str | None = None
+    bounce: str | None = None  # the status of a hard bounce
 
 
 @dataclass
@@ -180,6 +204,10 @@ class Journal:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
             if "first_attempt" not in columns:  # a version 2 journal
                 self.db.execute("ALTER TABLE deliveries ADD COLUMN first_attempt TEXT")
+            table = self.db.execute("SELECT sql FROM sqlite_master WHERE name = "
+                                    "'deliveries'").fetchone()[0]
+            if "'bounced'" not in table:  # before version 5: the state check lacks bounced
+                self._rebuild_deliveries(table)
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(campaigns)")}
             if "event" not in columns:  # a version 3 journal
                 self.db.execute("ALTER TABLE campaigns ADD COLUMN event TEXT")
@@ -191,6 +219,19 @@ class Journal:
         self._sending: list[tuple[Any, ...]] = []
         self._reverts: list[tuple[Any, ...]] = []
         self._holders: list[tuple[Any, ...]] = []
+
+    def _rebuild_deliveries(self, old_sql: str) -> None:
+        """SQLite cannot change a CHECK constraint: copy the rows into a new table."""
+        new_sql = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS deliveries"):]
+        new_sql = new_sql[:new_sql.index("WITHOUT ROWID;") + len("WITHOUT ROWID")]
+        columns = ", ".join(row[1] for row in self.db.execute("PRAGMA table_info(deliveries)"))
+        with self.transaction() as db:
+            db.execute("ALTER TABLE deliveries RENAME TO deliveries_old")
+            db.execute(new_sql.replace("IF NOT EXISTS ", ""))
+            db.execute(f"INSERT INTO deliveries ({columns}) SELECT {columns} "  # noqa: S608
+                       f"FROM deliveries_old")
+            db.execute("DROP TABLE deliveries_old")
+        del old_sql
 
     def _protect(self) -> None:
         """The WAL and shared-memory files hold the same personal data: owner only."""
@@ -341,6 +382,85 @@ class Journal:
                                "AND cancelled = 0", (uid, key)).fetchone()
         return (None if row is None else str(row[0]), None if held is None else int(held[0]))
 
+    # The inbox --------------------------------------------------------------------
+
+    def seen(self, source: str, ident: str) -> bool:
+        return self.db.execute("SELECT 1 FROM inbox_seen WHERE source = ? AND ident = ?",
+                               (source, ident)).fetchone() is not None
+
+    def mark_seen(self, source: str, ident: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO inbox_seen (source, ident) VALUES (?, ?)",
+                        (source, ident))
+
+    def record_answer(self, uid: str, key: str, answer: str, at: str) -> bool:
+        """Record a guest's answer to an event this journal sent them; False (nothing
+        recorded) for an unknown event or a guest who was not invited. A later answer
+        replaces an earlier one."""
+        row = self.db.execute("SELECT email FROM holders WHERE uid = ? AND key = ?",
+                              (uid, key)).fetchone()
+        if row is None:
+            return False
+        self.db.execute(
+            "INSERT INTO answers (uid, key, email, answer, answered_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (uid, key) DO UPDATE SET answer = excluded.answer, answered_at = "
+            "excluded.answered_at WHERE excluded.answered_at >= answers.answered_at",
+            (uid, key, row[0], answer, at))
+        return True
+
+    def record_bounce(self, key: str, message_id: str | None, status: str) -> bool:
+        """A hard bounce: the guest's rows become 'bounced' and the address is suppressed
+        for every later send. Matched by the returned Message-ID, else by the address among
+        guests sent something; False when nobody matches."""
+        rows = []
+        if message_id:
+            rows = self.db.execute("SELECT campaign, key, email FROM deliveries WHERE "
+                                   "message_id = ?", (message_id,)).fetchall()
+        if not rows:
+            rows = self.db.execute("SELECT campaign, key, email FROM deliveries WHERE key = ? "
+                                   "AND state IN ('sent', 'sending')", (key,)).fetchall()
+        if not rows:
+            return False
+        now = _now()
+        for campaign, found, address in rows:
+            self.db.execute("UPDATE deliveries SET state = 'bounced', reply = ?, updated = ? "
+                            "WHERE campaign = ? AND key = ?",
+                            (f"bounced: {status}", now, campaign, found))
+            self.suppress(found, address, f"bounce {status}")
+        return True
+
+    def suppress(self, key: str, address: str, reason: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO suppressions (key, email, reason, at) "
+                        "VALUES (?, ?, ?, ?)", (key, address, reason, _now()))
+
+    def suppressed_keys(self) -> set[str]:
+        return {str(row[0]) for row in self.db.execute("SELECT key FROM suppressions")}
+
+    def answers_for(self, uid: str) -> dict[str, tuple[str, str]]:
+        """key → (answer, answered_at) for an event."""
+        return {str(k): (str(a), str(t)) for k, a, t in self.db.execute(
+            "SELECT key, answer, answered_at FROM answers WHERE uid = ?", (uid,))}
+
+    def bounced_keys(self) -> set[str]:
+        return {str(row[0]) for row in self.db.execute(
+            "SELECT key FROM suppressions WHERE reason LIKE 'bounce%'")}
+
+    def forget(self, key: str) -> int:
+        """Remove an address from everything in the journal (the right to erasure) and
+        compact the file so it is really gone. Returns the rows deleted."""
+        deleted = 0
+        with self.transaction() as db:
+            for table in ("deliveries", "holders", "answers", "suppressions"):
+                deleted += db.execute(f"DELETE FROM {table} WHERE key = ?",  # noqa: S608
+                                      (key,)).rowcount
+        self.compact()
+        return deleted
+
+    def compact(self) -> None:
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._protect()
+
     def event_of(self, campaign: str) -> str | None:
         row = self.db.execute("SELECT event FROM campaigns WHERE id = ?", (campaign,)).fetchone()
         return None if row is None or row[0] is None else str(row[0])
@@ -403,14 +523,35 @@ class Journal:
         return result
 
     def entries(self, campaign: str | None = None) -> Iterator[Entry]:
-        query = ("SELECT campaign, email, name, line, state, attempts, code, reply, "
-                 "message_id, updated FROM deliveries")
+        query = ("SELECT d.campaign, d.email, d.name, d.line, d.state, d.attempts, d.code, "
+                 "d.reply, d.message_id, d.updated, a.answer, a.answered_at, "
+                 "CASE WHEN d.state = 'bounced' THEN substr(d.reply, 10) END "
+                 "FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign "
+                 "LEFT JOIN answers a ON a.uid = c.event AND a.key = d.key")
         params: tuple[str, ...] = ()
         if campaign is not None:
-            query += " WHERE campaign = ?"
+            query += " WHERE d.campaign = ?"
             params = (campaign,)
-        for row in self.db.execute(query + " ORDER BY campaign, line, key", params):
+        for row in self.db.execute(query + " ORDER BY d.campaign, d.line, d.key", params):
             yield Entry(*row)
+
+    def answer_counts(self, campaign: str) -> dict[str, int] | None:
+        """For an event campaign: accepted, declined, tentative, no answer, bounced among
+        the guests on its list; None for another campaign."""
+        uid = self.event_of(campaign)
+        if uid is None:
+            return None
+        counts = {"accepted": 0, "declined": 0, "tentative": 0, "no answer": 0, "bounced": 0}
+        for answer, state in self.db.execute(
+                "SELECT a.answer, d.state FROM deliveries d LEFT JOIN answers a ON a.uid = ? "
+                "AND a.key = d.key WHERE d.campaign = ? AND d.line IS NOT NULL", (uid, campaign)):
+            if state == "bounced":
+                counts["bounced"] += 1
+            elif answer is not None:
+                counts[answer] += 1
+            elif state == "sent":
+                counts["no answer"] += 1
+        return counts
 
     def purge(self, campaign: str) -> int:
         """Delete a campaign's rows and compact the file so the addresses are gone."""
@@ -420,15 +561,12 @@ class Journal:
                 others = db.execute("SELECT count(*) FROM campaigns WHERE event = ? AND id != ?",
                                     (row[0], campaign)).fetchone()[0]
                 if not others:
-                    for table in ("holders", "event_versions", "events"):
+                    for table in ("holders", "event_versions", "events", "answers"):
                         db.execute(f"DELETE FROM {table} WHERE uid = ?", (row[0],))  # noqa: S608
             deleted = db.execute("DELETE FROM deliveries WHERE campaign = ?",
                                  (campaign,)).rowcount
             db.execute("DELETE FROM campaigns WHERE id = ?", (campaign,))
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.execute("VACUUM")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._protect()
+        self.compact()
         return int(deleted)
 
     # Writes during a run (group commit) ----------------------------------------------

@@ -181,6 +181,7 @@ class MessageFactory:
     sender: Mailbox
     reply_to: Mailbox | None = None
     attachments: Sequence[Attachment] = ()
+    unsubscribe_mailto: str | None = None  # List-Unsubscribe: <mailto:…?subject=unsubscribe>
     # The same for every message: encoded once.
     _fixed: tuple[str, ...] = field(init=False, repr=False)
 
@@ -206,11 +207,14 @@ class MessageFactory:
             f"Message-ID: {msgid}",
         ]
         unsubscribe_url = rendered.unsubscribe_url
-        if unsubscribe_url:
-            # Printable ASCII without spaces (checked when rendered): never folded, since
-            # a folded URL breaks in many clients.
-            headers.append(f"List-Unsubscribe: <{unsubscribe_url}>")
-            if unsubscribe_url.startswith("https://"):
+        targets = [f"<{unsubscribe_url}>"] if unsubscribe_url else []
+        if self.unsubscribe_mailto:
+            targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe>")
+        if targets:
+            # Printable ASCII without spaces (checked when rendered): a URL is never folded,
+            # since a folded URL breaks in many clients; the two go on lines of their own.
+            headers.append("List-Unsubscribe: " + f",{CRLF} ".join(targets))
+            if unsubscribe_url and unsubscribe_url.startswith("https://"):
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         headers.append("MIME-Version: 1.0")
         boundary = f"=_{msgid[1:17]}"

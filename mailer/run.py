@@ -34,6 +34,7 @@ class SendOptions:
     retry_failed: bool = False
     retry_for: float = 3 * 86400.0  # seconds a guest may stay deferred across runs
     cancel_removed: bool = False  # send a cancellation to holders no longer on the list
+    only: frozenset[str] = frozenset()  # send (or resend) to these keys only
 
 
 @dataclass
@@ -67,6 +68,17 @@ def smtp_config(settings: Settings, sender_domain: str) -> SmtpConfig:
                       settings.messages_per_connection, settings.smtp_data_timeout)
 
 
+def read_journal(campaign: Campaign, journal_path: Path | None) -> None:
+    """Give the campaign what the journal knows from the inbox (answers, bounces,
+    unsubscribes), when there is a journal; nothing is created or written."""
+    if journal_path is None or not journal_path.exists():
+        return
+    with Journal(journal_path, create=False) as journal:
+        answers = {k: a for k, (a, _) in journal.answers_for(campaign.uid).items()} \
+            if campaign.event is not None else {}
+        campaign.use_journal(answers, journal.bounced_keys(), journal.suppressed_keys())
+
+
 def check_or_fail(campaign: Campaign, reporter: Reporter) -> None:
     """Validate the list and render every message; InputError (65) on any error."""
     report = campaign.check()
@@ -86,6 +98,7 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
     """Write what a send would send into ``outbox``. For an event, what each guest would
     get (invitation, update, cancellation) comes from the journal when there is one; it is
     read, never written."""
+    read_journal(campaign, journal_path)
     check_or_fail(campaign, reporter)
     title = f"{campaign.template} — {campaign.listing.display}"
     journal = None
@@ -98,7 +111,7 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
                 campaign.event.sequence, write=False))
         with Outbox(outbox, title, campaign.attachments) as box:
             for recipient, suppressed in campaign.recipients():
-                if suppressed:
+                if suppressed or not campaign.matches(recipient):
                     continue
                 kind, held = _planned(campaign, journal, recipient)
                 if kind is not None:
@@ -168,7 +181,9 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
     assert campaign.sender is not None and campaign.template is not None
     result = Result(Stats())
     with CampaignLock(journal_path, campaign.id):
+        read_journal(campaign, journal_path)
         check_or_fail(campaign, reporter)
+        _check_only(campaign, options)
         with Journal(journal_path) as journal:
             journal.sync(campaign.id, campaign.template, str(campaign.listing.path),
                          ((r.address.key, r.email, r.name, r.line, s)
@@ -184,7 +199,7 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                     removed = journal.removed_holders(campaign.id, campaign.uid)
                     _name_removed(removed, options, reporter)
             before = journal.counts(campaign.id)[campaign.id]
-            todo = _remaining(campaign, journal, options) \
+            todo = len(options.only) if options.only else _remaining(campaign, journal, options) \
                 + (len(removed) if options.cancel_removed else 0)
             result.skipped = before["sent"]
             result.suppressed = before["suppressed"]
@@ -213,13 +228,19 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
     for an event, each guest gets what brings their calendar up to date."""
     due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
     for recipient, suppressed in campaign.recipients():
-        if suppressed:
+        if suppressed or not _wanted(campaign, recipient, options):
             continue
-        found = due.find(recipient.line, recipient.address.key)
+        key = recipient.address.key
+        found = due.find(recipient.line, key)
+        if found is None and key in options.only:  # --only resends what was sent
+            state, held = journal.guest(campaign.id, key, campaign.uid)
+            found = (state or "queued", held)
         if found is None:
             continue
         state, held = found
         kind = campaign.kind_for(held)
+        if kind is None and key in options.only:
+            kind = "invitation" if campaign.keeps_calendars else "reminder"
         if kind is not None:
             message = campaign.build(recipient, kind=kind, held=held)
             message.prior = state
@@ -233,8 +254,39 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
         yield message
 
 
+def _wanted(campaign: Campaign, recipient: Recipient, options: SendOptions) -> bool:
+    """Whether this run is for this guest at all (--only, --where)."""
+    if options.only and recipient.address.key not in options.only:
+        return False
+    return campaign.matches(recipient)
+
+
+def _check_only(campaign: Campaign, options: SendOptions) -> None:
+    """InputError naming every --only address that is not a guest of the list."""
+    if not options.only:
+        return
+    missing = set(options.only)
+    for recipient, _ in campaign.recipients():
+        missing.discard(recipient.address.key)
+    if missing:
+        raise InputError(f"{campaign.listing.display}: --only names no guest of this list: "
+                         f"{', '.join(sorted(missing))}")
+
+
 def _remaining(campaign: Campaign, journal: Journal, options: SendOptions) -> int:
-    """Guests still due: for an event, only those who would get something."""
+    """Guests still due: for an event, only those who would get something; with --only
+    or --where, only those the run is for."""
+    if options.only or campaign.where:
+        due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
+        count = 0
+        for recipient, suppressed in campaign.recipients():
+            if suppressed or recipient.address.key in options.only \
+                    or not _wanted(campaign, recipient, options):
+                continue
+            found = due.find(recipient.line, recipient.address.key)
+            if found is not None and campaign.kind_for(found[1]) is not None:
+                count += 1
+        return count
     if campaign.event is None:
         return journal.remaining(campaign.id, options.retry_failed)
     due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .address import Mailbox, mailbox_setting, parse_mailbox
+from .address import AddressError, Mailbox, check_address, mailbox_setting, parse_mailbox
 from .errors import ConfigError
 from .ratelimit import parse_rate
 
@@ -46,20 +46,38 @@ class Settings(BaseSettings):
     retry_for: str = "3d"  # a deferred guest becomes failed ("expired") this long after
                            # the first attempt
     unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None  # an address: List-Unsubscribe mailto, read by inbox
+    imap_host: str | None = None
+    imap_port: int = Field(993, ge=1, le=65535)
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    imap_username: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
 
-    @field_validator("smtp_security", mode="before")
+    @field_validator("smtp_security", "imap_security", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("smtp_username", "smtp_helo", "reply_to", "sender", "unsubscribe_url",
-                     "rate_limit", mode="before")
+                     "rate_limit", "unsubscribe_mailto", "imap_host", "imap_username",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("smtp_password", mode="before")
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _mailto(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                return check_address(value).normalized
+            except AddressError as exc:
+                raise ValueError(f"not an address: {exc}") from None
+        return value
+
+    @field_validator("smtp_password", "imap_password", mode="before")
     @classmethod
     def _blank_password_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

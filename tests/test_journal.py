@@ -143,7 +143,8 @@ def test_status_formats(tmp_path: Path, tpl: Path, smtp: Server) -> None:
     send(tpl, people(tmp_path, 4), env, "--suppress", str(supp))
     data = status_json(env, "--campaign", "t:liste.csv")
     assert data["campaigns"][0]["counts"] == {"queued": 0, "sending": 0, "sent": 2,
-                                              "deferred": 0, "failed": 1, "suppressed": 1}
+                                              "deferred": 0, "failed": 1, "suppressed": 1,
+                                              "bounced": 0}
     failed = next(r for r in data["recipients"] if r["state"] == "failed")
     assert failed["email"] == "p2@example.org" and failed["reply"] == "5.1.1 unknown user"
     assert failed["attempts"] == 1 and failed["updated"]

@@ -1,0 +1,427 @@
+"""Read answers back from the organiser's mailbox: calendar replies, bounces, auto-replies
+and unsubscribe requests, recorded in the journal. Read-only: nothing in the mailbox is
+deleted, moved or flagged.
+
+Sources: a local Maildir or mbox file (exports, tests), or IMAP (``EXAMINE`` and
+``BODY.PEEK``). Each message is classified in this order, so that a bounce of an
+invitation is never taken for an answer: a delivery status notification (RFC 3464, or a
+non-standard bounce recognised by flufl.bounce), an auto-reply, a calendar REPLY
+(RFC 5546) in any MIME position, an unsubscribe request, anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import mailbox
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+from pathlib import Path
+from typing import Any
+
+from .address import AddressError, check_address
+from .errors import ConfigError, InputError, TemporaryError
+from .journal import Journal
+from .settings import Settings
+from .smtp import is_loopback
+
+PARTSTATS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "tentative"}
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(fraværsmelding|fravær|autosvar|automatisk svar|out of office|automatic reply|"
+    r"auto(matic)?[- ]?reply|abwesenheitsnotiz|frånvaro)", re.I)
+_MAILTO = re.compile(r"mailto:(.+)", re.I)
+
+
+@dataclass(frozen=True)
+class Answer:
+    uid: str
+    email: str
+    answer: str  # accepted, declined, tentative
+    at: str
+
+
+@dataclass(frozen=True)
+class Bounce:
+    email: str
+    hard: bool
+    status: str
+    message_id: str | None
+
+
+@dataclass
+class Finding:
+    """What one message is: ``kind`` answer, bounce, auto-reply, unsubscribe or other."""
+
+    kind: str
+    answers: list[Answer] = field(default_factory=list)
+    bounces: list[Bounce] = field(default_factory=list)
+    sender: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """A message of a source: its identity there (so it is read once) and its bytes."""
+
+    ident: str
+    data: bytes
+
+
+# Sources ---------------------------------------------------------------------------------
+
+def _ident(data: bytes) -> str:
+    """A message's identity in a file source: its Message-ID, else a digest of its bytes."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    found = re.search(rb"(?im)^message-id:\s*(<[^>\r\n]+>)", head)
+    if found:
+        return found.group(1).decode("ascii", "replace")
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def maildir_items(path: Path) -> Iterator[Item]:
+    """The messages of a Maildir (new and cur), read without touching a flag or a file."""
+    if not (path / "cur").is_dir() and not (path / "new").is_dir():
+        raise InputError(f"{path}: not a Maildir (no cur/ or new/ folder)")
+    box = mailbox.Maildir(path, factory=None, create=False)
+    for key in sorted(box.iterkeys()):
+        data = box.get_bytes(key)
+        yield Item(_ident(data), data)
+
+
+def mbox_items(path: Path) -> Iterator[Item]:
+    """The messages of an mbox file."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such mbox file")
+    box = mailbox.mbox(path, factory=None, create=False)
+    try:
+        for key in box.iterkeys():
+            data = box.get_bytes(key)
+            yield Item(_ident(data), data)
+    finally:
+        box.close()
+
+
+# Classification --------------------------------------------------------------------------
+
+def _addresses(values: list[str]) -> list[str]:
+    found = []
+    for _, address in email.utils.getaddresses(values):
+        try:
+            found.append(check_address(address).key)
+        except AddressError:
+            continue
+    return found
+
+
+def _is_auto_reply(msg: Message) -> bool:
+    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
+    if auto and auto != "no":
+        return True
+    if msg.get("X-Autoreply") or msg.get("X-Autorespond"):
+        return True
+    if str(msg.get("Precedence", "")).strip().lower() == "auto_reply":
+        return True
+    return bool(_AUTO_SUBJECT.match(str(msg.get("Subject", ""))))
+
+
+def _calendar_parts(msg: Message) -> Iterator[bytes]:
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        kind = part.get_content_type()
+        name = (part.get_filename() or "").lower()
+        if kind in ("text/calendar", "application/ics") or name.endswith(".ics"):
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                yield payload
+
+
+def _replies(msg: Message) -> list[Answer]:
+    import icalendar
+
+    found: dict[tuple[str, str], Answer] = {}
+    for data in _calendar_parts(msg):
+        try:
+            cal = icalendar.Calendar.from_ical(data)
+        except ValueError:
+            continue
+        if str(cal.get("method", "")).upper() != "REPLY":
+            continue
+        for event in cal.walk("VEVENT"):
+            uid = str(event.get("uid", ""))
+            attendees = event.get("attendee")
+            if not uid or attendees is None:
+                continue
+            stamp = event.get("dtstamp")
+            at = stamp.dt.astimezone(UTC).isoformat(timespec="seconds") if stamp else \
+                datetime.now(UTC).isoformat(timespec="seconds")
+            for attendee in attendees if isinstance(attendees, list) else [attendees]:
+                state = PARTSTATS.get(str(attendee.params.get("PARTSTAT", "")).upper())
+                match = _MAILTO.match(str(attendee))
+                if state is None or match is None:
+                    continue
+                try:
+                    address = check_address(match.group(1)).key
+                except AddressError:
+                    continue
+                found[(uid, address)] = Answer(uid, address, state, at)
+    return list(found.values())
+
+
+def _dsn(msg: Message) -> list[Bounce] | None:
+    """The recipients of an RFC 3464 delivery status notification, or None if it is not
+    one."""
+    if msg.get_content_type() != "multipart/report" or \
+            str(msg.get_param("report-type", "")).lower() != "delivery-status":
+        return None
+    original = None
+    status_blocks: list[Message] = []
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind == "message/delivery-status":
+            payload = part.get_payload()
+            if isinstance(payload, list):  # the email package parses it into blocks
+                status_blocks = [p for p in payload if isinstance(p, Message)]
+        elif kind in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+                original = inner[0].get("Message-ID")
+            elif isinstance(inner, str):
+                found = re.search(r"(?im)^message-id:\s*(<[^>\r\n]+>)", inner)
+                original = found.group(1) if found else None
+    bounces = []
+    for block in status_blocks[1:]:  # the first holds the per-message fields
+        recipient = str(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
+        action = str(block.get("Action", "")).strip().lower()
+        status = str(block.get("Status", "")).strip()
+        address = recipient.split(";", 1)[-1].strip()
+        try:
+            key = check_address(address).key
+        except AddressError:
+            continue
+        if action == "failed":
+            bounces.append(Bounce(key, status.startswith("5"), status,
+                                  str(original).strip() if original else None))
+        elif action == "delayed":
+            bounces.append(Bounce(key, False, status or "4.0.0",
+                                  str(original).strip() if original else None))
+    return bounces
+
+
+def _flufl(msg: EmailMessage) -> list[Bounce]:
+    """Non-standard bounces (Exchange NDRs, qmail, old Exim, ...) by flufl.bounce."""
+    from flufl.bounce import all_failures
+
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # a detector that chokes on a strange message: not a bounce
+        return []
+    found = []
+    for hard, addresses in ((True, permanent), (False, temporary - permanent)):
+        for raw in addresses:
+            try:
+                key = check_address(raw.decode("utf-8", "replace")).key
+            except AddressError:
+                continue
+            found.append(Bounce(key, hard, "5.0.0" if hard else "4.0.0", None))
+    return found
+
+
+def classify(data: bytes, unsubscribe_to: str | None = None) -> Finding:
+    """What one message is (see the module's docstring for the order)."""
+    msg = message_from_bytes(data, policy=policy.compat32)
+    dsn = _dsn(msg)
+    if dsn is not None:
+        return Finding("bounce", bounces=dsn)
+    sender = next(iter(_addresses([str(msg.get("From", ""))])), None)
+    looks_bounced = (sender is not None and sender.split("@")[0] in (
+        "mailer-daemon", "postmaster")) or str(msg.get("Return-Path", "")).strip() == "<>"
+    if looks_bounced:
+        typed = message_from_bytes(data, policy=policy.default)
+        assert isinstance(typed, EmailMessage)
+        found = _flufl(typed)
+        if found:
+            return Finding("bounce", bounces=found)
+    if _is_auto_reply(msg):
+        return Finding("auto-reply", sender=sender)
+    answers = _replies(msg)
+    if answers:
+        return Finding("answer", answers=answers, sender=sender)
+    if unsubscribe_to is not None:
+        to = _addresses([str(v) for v in msg.get_all("To", []) + msg.get_all("Delivered-To", [])
+                         + msg.get_all("X-Original-To", [])])
+        if unsubscribe_to in to:
+            return Finding("unsubscribe", sender=sender)
+    return Finding("other", sender=sender)
+
+
+# Tally ----------------------------------------------------------------------------------
+
+@dataclass
+class Tally:
+    """What a run of ``mailer inbox`` read, and what it could not place."""
+
+    read: int = 0
+    answers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTSTATS.values(), 0))
+    hard: int = 0
+    soft: int = 0
+    auto_replies: int = 0
+    unsubscribes: int = 0
+    other: int = 0
+    unplaced: list[str] = field(default_factory=list)  # answers or bounces nobody was sent
+
+    def summary(self, source: str) -> str:
+        n_answers = sum(self.answers.values())
+        answers = ", ".join(f"{count} {name}" for name, count in self.answers.items())
+
+        def plural(count: int, word: str) -> str:
+            return f"{count} {word}{'' if count == 1 else 's'}"
+
+        return (f"inbox: {self.read} read: {plural(n_answers, 'answer')} ({answers}), "
+                f"{plural(self.hard + self.soft, 'bounce')} ({self.hard} hard, {self.soft} "
+                f"soft), {plural(self.auto_replies, 'auto-reply').replace('replys', 'replies')}"
+                f", {plural(self.unsubscribes, 'unsubscribe')}, {self.other} other ({source})")
+
+
+def as_dict(finding: Finding) -> dict[str, Any]:
+    return {"kind": finding.kind, "answers": [a.__dict__ for a in finding.answers],
+            "bounces": [b.__dict__ for b in finding.bounces], "sender": finding.sender}
+
+
+# IMAP ----------------------------------------------------------------------------------
+
+def imap_items(settings: Settings) -> tuple[str, Iterator[Item]]:
+    """(source name, messages) of the IMAP folder in the settings: opened with EXAMINE
+    (read-only) and fetched with BODY.PEEK, so no flag changes. The source name holds
+    UIDVALIDITY: when the server renumbers the folder, its messages are read anew (and
+    those already counted are recognised by the journal's answers replacing themselves)."""
+    import imaplib
+    import ssl
+
+    host, port, security = settings.imap_host, settings.imap_port, settings.imap_security
+    if host is None:
+        raise ConfigError("MAILER_IMAP_HOST is not set: give the organiser's IMAP server, "
+                          "or read a local copy with --maildir or --mbox")
+    where = f"{host}:{port}"
+    user = settings.imap_username
+    if security == "none" and user and not is_loopback(host):
+        raise ConfigError(f"MAILER_IMAP_SECURITY is none: refusing to send the IMAP "
+                          f"password in plain text to {host} (use tls or starttls)")
+    context = ssl.create_default_context()
+    try:
+        if security == "tls":
+            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(host, port, ssl_context=context,
+                                                    timeout=settings.smtp_timeout)
+        else:
+            conn = imaplib.IMAP4(host, port, timeout=settings.smtp_timeout)
+            if security == "starttls":
+                if "STARTTLS" not in conn.capabilities:
+                    raise ConfigError(f"{where} does not offer STARTTLS and "
+                                      f"MAILER_IMAP_SECURITY is starttls: refusing plain text")
+                conn.starttls(ssl_context=context)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"TLS with IMAP server {where} failed: "
+                          f"{exc.reason or exc}") from None
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise TemporaryError(f"cannot reach IMAP server {where}: {exc}") from None
+    password = settings.imap_password.get_secret_value() if settings.imap_password else ""
+    try:
+        if user:
+            conn.login(user, password)
+        status, _ = conn.select(_quote(settings.imap_folder), readonly=True)  # EXAMINE
+        if status != "OK":
+            raise ConfigError(f"{where}: no folder {settings.imap_folder!r}")
+        validity = (conn.response("UIDVALIDITY")[1] or [b"0"])[0]
+        status, found = conn.uid("SEARCH", "ALL")
+    except imaplib.IMAP4.error as exc:
+        conn.logout()
+        text = str(exc).replace(password, "***") if password else str(exc)
+        raise ConfigError(f"IMAP login or folder at {where} failed for user {user!r}: "
+                          f"{text}") from None
+    except OSError as exc:
+        raise TemporaryError(f"IMAP server {where}: {exc}") from None
+    uids = found[0].split() if found and found[0] else []
+    source = (f"imap:{user or ''}@{host}:{port}/{settings.imap_folder}:"
+              f"{validity.decode() if isinstance(validity, bytes) else validity}")
+
+    def fetch() -> Iterator[Item]:
+        try:
+            for uid in uids:
+                status, data = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+                raw = next((part[1] for part in data if isinstance(part, tuple)), None)
+                if status == "OK" and isinstance(raw, bytes):
+                    yield Item(uid.decode(), raw)
+        except (OSError, imaplib.IMAP4.abort) as exc:
+            raise TemporaryError(f"IMAP server {where}: {exc}") from None
+        finally:
+            with contextlib.suppress(OSError, imaplib.IMAP4.error):
+                conn.logout()
+
+    return source, fetch()
+
+
+def _quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# One run of ``mailer inbox`` ------------------------------------------------------------
+
+def read(journal: Journal, source: str, items: Iterator[Item], *, unsubscribe_to: str | None,
+         dry_run: bool, say: Callable[[str], None]) -> Tally:
+    """Classify every message not read before and record what it says, in one
+    transaction (rolled back by ``dry_run``, which only says what it would record)."""
+    tally = Tally()
+    db = journal.db
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for item in items:
+            if journal.seen(source, item.ident):
+                continue
+            journal.mark_seen(source, item.ident)
+            tally.read += 1
+            finding = classify(item.data, unsubscribe_to)
+            _record(journal, finding, tally, dry_run, say)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("ROLLBACK" if dry_run else "COMMIT")
+    return tally
+
+
+def _record(journal: Journal, finding: Finding, tally: Tally, dry_run: bool,
+            say: Callable[[str], None]) -> None:
+    would = "would record: " if dry_run else ""
+    if finding.kind == "answer":
+        for answer in finding.answers:
+            if journal.record_answer(answer.uid, answer.email, answer.answer, answer.at):
+                tally.answers[answer.answer] += 1
+                if dry_run:
+                    say(f"{would}{answer.email} {answer.answer} ({answer.uid})")
+            else:
+                tally.unplaced.append(answer.email)
+                say(f"not recorded: an answer from {answer.email} ({answer.answer}) to "
+                    f"{answer.uid}, which this journal did not send them")
+    elif finding.kind == "bounce":
+        for bounce in finding.bounces:
+            if not bounce.hard:
+                tally.soft += 1
+                continue
+            tally.hard += 1
+            if journal.record_bounce(bounce.email, bounce.message_id, bounce.status):
+                say(f"{would}bounced: {bounce.email} ({bounce.status}); never mailed again")
+            else:
+                tally.unplaced.append(bounce.email)
+                say(f"not recorded: a bounce for {bounce.email} ({bounce.status}), whom "
+                    f"this journal sent nothing")
+    elif finding.kind == "auto-reply":
+        tally.auto_replies += 1
+    elif finding.kind == "unsubscribe" and finding.sender is not None:
+        tally.unsubscribes += 1
+        journal.suppress(finding.sender, finding.sender, "unsubscribe")
+        say(f"{would}unsubscribed: {finding.sender}; never mailed again")
+    else:
+        tally.other += 1
