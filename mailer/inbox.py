@@ -345,7 +345,7 @@ def imap_items(settings: Settings) -> tuple[str, Iterator[Item]]:
     except OSError as exc:
         raise TemporaryError(f"IMAP server {where}: {exc}") from None
     uids = found[0].split() if found and found[0] else []
-    source = (f"imap:{user or ''}@{host}:{port}/{settings.imap_folder}:"
+    source = (f"imap:{user or ''}@{host}/{settings.imap_folder}:"
               f"{validity.decode() if isinstance(validity, bytes) else validity}")
 
     def fetch() -> Iterator[Item]:

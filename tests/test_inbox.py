@@ -9,9 +9,11 @@ import shutil
 from collections import Counter
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import dovecot
 from tests.conftest import ROOT, Server, run, smtp_env, write
 from tests.test_journal import status_json
 
@@ -312,3 +314,50 @@ def test_reply_fixtures_are_what_they_claim() -> None:
         assert [(a.email, a.answer) for a in finding.answers] == [("kari@example.org",
                                                                     "accepted")]
     assert base64  # the Outlook part is base64, as Outlook sends it
+
+
+@pytest.mark.skipif(not dovecot.available(), reason="needs root and Debian's dovecot-imapd")
+def test_a_real_imap_server_read_only_once_and_its_failures(
+        tmp_path: Path, sent: tuple[Path, Path, dict[str, str]], ca: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import imaplib
+    import ssl
+
+    _, _, env = sent
+    with dovecot.Dovecot(ca) as imap:
+        for msg in mailbox_of(env):
+            imap.deliver(msg.as_bytes())
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        context = ssl.create_default_context(cafile=str(ca_file))
+
+        def flags() -> dict[bytes, bytes]:
+            conn = imaplib.IMAP4_SSL("127.0.0.1", imap.imaps, ssl_context=context)
+            conn.login(dovecot.USER, dovecot.PASSWORD)
+            conn.select("INBOX", readonly=True)
+            _, data = conn.uid("FETCH", "1:*", "(FLAGS)")
+            conn.logout()
+            return {line.split()[2]: line for line in data if isinstance(line, bytes)}
+
+        before = flags()
+        imap_env = dict(env, MAILER_IMAP_HOST="127.0.0.1", MAILER_IMAP_PORT=str(imap.imaps),
+                        MAILER_IMAP_USERNAME=dovecot.USER, MAILER_IMAP_PASSWORD=dovecot.PASSWORD)
+        result = run("inbox", env=imap_env)
+        assert result.exit_code == 0, result.output
+        assert "inbox: 12 read: 5 answers (2 accepted, 2 declined, 1 tentative)" in result.output
+        assert run("inbox", env=imap_env).output.startswith("inbox: 0 read")  # once
+        assert flags() == before and len(before) == 12  # same UIDs, no flag set (PEEK)
+        rows = {r["email"]: r for r in status_json(env)["recipients"]}
+        assert rows["kari@example.org"]["answer"] == "declined"
+        starttls = dict(imap_env, MAILER_IMAP_PORT=str(imap.imap), MAILER_IMAP_SECURITY="starttls")
+        assert run("inbox", env=starttls).output.startswith("inbox: 0 read")
+        wrong = run("inbox", env=dict(imap_env, MAILER_IMAP_PASSWORD="wrong-Pa55"))
+        assert wrong.exit_code == 78 and "wrong-Pa55" not in wrong.output
+        assert "login or folder" in wrong.output
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = run("inbox", env=imap_env)
+        assert untrusted.exit_code == 78 and "TLS" in untrusted.output
+        port = imap.imaps
+    down = run("inbox", env=dict(imap_env, MAILER_IMAP_PORT=str(port)))
+    assert down.exit_code == 75 and "cannot reach IMAP server" in down.output

@@ -1,0 +1,134 @@
+"""A private Dovecot IMAP server for tests: its own configuration, a passwd-file user and a
+Maildir in a temporary folder, IMAPS and IMAP+STARTTLS on loopback ports with a trustme
+certificate. Needs root and Debian's dovecot-imapd (make test installs it); the tests that
+use it are skipped without them."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trustme
+
+from tests.smtpserver import free_port
+
+DOVECOT = "/usr/sbin/dovecot"
+USER, PASSWORD = "digdir", "s3cret-imap"
+
+CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{root}/cert.pem
+ssl_key = <{root}/key.pem
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT {root}/users
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={root}/mail/%u
+}}
+mail_location = maildir:{root}/mail/%u/Maildir
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+def available() -> bool:
+    return os.path.exists(DOVECOT) and os.geteuid() == 0
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Dovecot: timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Dovecot:
+    """``with Dovecot(ca) as imap:`` IMAPS on ``imap.imaps``, STARTTLS on ``imap.imap``;
+    ``imap.deliver(bytes)`` puts a message into the user's INBOX."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="mailer-dovecot-"))
+        os.chmod(self.root, 0o755)  # the mail processes run as nobody
+        self.imap, self.imaps = free_port(), free_port()
+        self.ca = ca
+
+    def __enter__(self) -> Dovecot:
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        cert.private_key_pem.write_to_path(str(self.root / "key.pem"))
+        (self.root / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        hashed = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        (self.root / "users").write_text(f"{USER}:{hashed}::::::\n")
+        (self.root / "dovecot.conf").write_text(
+            CONF.format(root=self.root, imap=self.imap, imaps=self.imaps))
+        self.maildir = self.root / "mail" / USER / "Maildir"
+        self.maildir.parent.mkdir(parents=True)
+        mailbox.Maildir(self.maildir, create=True)
+        self._own()
+        with (self.root / "start.log").open("wb") as out:  # the daemon keeps what it gets
+            subprocess.run([DOVECOT, "-c", str(self.root / "dovecot.conf")], check=True,
+                           stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=60)
+        _wait(lambda: self._listening(self.imaps) and self._listening(self.imap),
+              "IMAP to listen")
+        self.master = int((self.root / "run" / "master.pid").read_text())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+                       check=False)
+        _wait(self._master_gone, "the master to stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _own(self) -> None:
+        for path in [self.root / "mail", *(self.root / "mail").rglob("*")]:
+            shutil.chown(path, "nobody", "nogroup")
+
+    def deliver(self, data: bytes) -> None:
+        mailbox.Maildir(self.maildir, create=False).add(data)
+        self._own()
+
+    def _listening(self, port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def _master_gone(self) -> bool:
+        try:
+            os.kill(self.master, 0)
+        except ProcessLookupError:
+            return True
+        return False
