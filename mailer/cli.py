@@ -238,6 +238,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
         if not quiet:
             kinds = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}"
                               for kind, n in box.kinds.items() if kind != "message")
+            if where:
+                kinds = ", ".join([*([kinds] if kinds else []), "those that match --where"])
             click.echo(f"dry run: {box.count} messages{f' ({kinds})' if kinds else ''} "
                        f"written to {outbox}/ (nothing sent); "
                        f"preview: {box.index.resolve().as_uri()}")

@@ -284,7 +284,9 @@ class Tally:
         return (f"inbox: {self.read} read: {plural(n_answers, 'answer')} ({answers}), "
                 f"{plural(self.hard + self.soft, 'bounce')} ({self.hard} hard, {self.soft} "
                 f"soft), {plural(self.auto_replies, 'auto-reply').replace('replys', 'replies')}"
-                f", {plural(self.unsubscribes, 'unsubscribe')}, {self.other} other ({source})")
+                f", {plural(self.unsubscribes, 'unsubscribe')}, {self.other} other"
+                + (f", {len(self.unplaced)} not recorded (named above)" if self.unplaced else "")
+                + f" ({source})")
 
 
 def as_dict(finding: Finding) -> dict[str, Any]:

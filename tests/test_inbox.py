@@ -91,12 +91,14 @@ def thunderbird(attendee: str, partstat: str) -> EmailMessage:
     return msg
 
 
-def dsn(recipient: str, action: str, status: str, original: str | None) -> EmailMessage:
+def dsn(recipient: str, action: str, status: str, original: str | None,
+        sender: str = "MAIL-DAEMON <MAILER-DAEMON@mx.example.net>",
+        returned: str = "text/rfc822-headers") -> EmailMessage:
     """A delivery status notification as Postfix writes it (RFC 3464)."""
     from email import message_from_bytes, policy
 
     headers = f"Message-ID: {original}\n" if original else ""
-    raw = f"""From: MAIL-DAEMON <MAILER-DAEMON@mx.example.net>
+    raw = f"""From: {sender}
 To: Digdir <invitasjon@example.org>
 Subject: Undelivered Mail Returned to Sender
 Message-ID: <dsn.{recipient}.{action}>
@@ -128,17 +130,25 @@ Diagnostic-Code: smtp; 550 {status} <{recipient}>: Recipient address rejected
 
 --B0
 Content-Description: Undelivered Message Headers
-Content-Type: text/rfc822-headers
+Content-Type: {returned}
 
 From: Digdir <invitasjon@example.org>
 To: {recipient}
 {headers}Subject: Invitasjon
+
+Hei
 
 --B0--
 """.replace("\n", "\r\n").encode()
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
+
+
+def exchange_dsn(recipient: str, original: str) -> EmailMessage:
+    """A DSN as Exchange Online writes it: the whole original as message/rfc822."""
+    return dsn(recipient, "failed", "5.1.10", original, sender="Microsoft Outlook "
+               "<postmaster@example.net>", returned="message/rfc822")
 
 
 def qmail_bounce(recipient: str) -> EmailMessage:
@@ -186,6 +196,8 @@ def sent(tmp_path: Path, smtp: Server) -> tuple[Path, Path, dict[str, str]]:
     ola_id = next(m.message["Message-ID"] for m in handler.messages
                   if m.rcpt_tos == ["ola@example.org"])
     env["OLA_ID"] = ola_id
+    env["MARI_ID"] = next(m.message["Message-ID"] for m in handler.messages
+                          if m.rcpt_tos == ["mari@example.org"])
     return templates, listing, env
 
 
@@ -203,6 +215,7 @@ def mailbox_of(env: dict[str, str]) -> list[EmailMessage]:
         outlook("kari@example.org", "DECLINED", "20261202T090000Z"),  # she changed her mind
         outlook("stranger@example.com", "ACCEPTED"),  # not invited
         dsn("ola@example.org", "failed", "5.1.1", env["OLA_ID"]),
+        exchange_dsn("mari@example.org", env["MARI_ID"]),
         qmail_bounce("nobody@example.net"),  # a hard bounce for someone never sent to
         dsn("emma@example.org", "delayed", "4.2.2", None),  # soft: noted only
         out_of_office("per@example.org"),
@@ -224,21 +237,24 @@ def test_answers_bounces_and_unsubscribes_land_on_the_right_guests(
 
     result = run("inbox", "--maildir", str(folder), env=env)
     assert result.exit_code == 0, result.output
-    assert ("inbox: 12 read: 5 answers (2 accepted, 2 declined, 1 tentative), 3 bounces "
-            "(2 hard, 1 soft), 1 auto-reply, 1 unsubscribe, 1 other") in result.output
+    assert ("inbox: 13 read: 5 answers (2 accepted, 2 declined, 1 tentative), 4 bounces "
+            "(3 hard, 1 soft), 1 auto-reply, 1 unsubscribe, 1 other, 2 not recorded (named "
+            "above)") in result.output
     assert "not recorded: an answer from stranger@example.com" in result.output
     assert "not recorded: a bounce for nobody@example.net" in result.output
     rows = {r["email"]: r for r in status_json(env)["recipients"]}
     assert rows["kari@example.org"]["answer"] == "declined"  # the later answer wins
     assert rows["ase@example.org"]["answer"] == "declined"
     assert rows["mari@example.org"]["answer"] == "tentative"
+    assert rows["mari@example.org"]["state"] == "bounced"  # Exchange's DSN, by Message-ID
+    assert rows["mari@example.org"]["bounce"] == "5.1.10"
     assert rows["per@example.org"]["answer"] == "accepted"
     assert rows["ola@example.org"]["state"] == "bounced"
     assert rows["ola@example.org"]["bounce"] == "5.1.1"
     emma = rows["emma@example.org"]
     assert emma["answer"] is None and emma["state"] == "sent"  # a soft bounce: noted only
     table = run("status", env=env).output
-    assert "answers: 1 accepted, 2 declined, 1 tentative, 1 no answer, 1 bounced" in table
+    assert "answers: 1 accepted, 2 declined, 0 tentative, 1 no answer, 2 bounced" in table
 
     again = run("inbox", "--maildir", str(folder), env=env)
     assert "inbox: 0 read" in again.output  # each message is read once
@@ -345,9 +361,9 @@ def test_a_real_imap_server_read_only_once_and_its_failures(
                         MAILER_IMAP_USERNAME=dovecot.USER, MAILER_IMAP_PASSWORD=dovecot.PASSWORD)
         result = run("inbox", env=imap_env)
         assert result.exit_code == 0, result.output
-        assert "inbox: 12 read: 5 answers (2 accepted, 2 declined, 1 tentative)" in result.output
+        assert "inbox: 13 read: 5 answers (2 accepted, 2 declined, 1 tentative)" in result.output
         assert run("inbox", env=imap_env).output.startswith("inbox: 0 read")  # once
-        assert flags() == before and len(before) == 12  # same UIDs, no flag set (PEEK)
+        assert flags() == before and len(before) == 13  # same UIDs, no flag set (PEEK)
         rows = {r["email"]: r for r in status_json(env)["recipients"]}
         assert rows["kari@example.org"]["answer"] == "declined"
         starttls = dict(imap_env, MAILER_IMAP_PORT=str(imap.imap), MAILER_IMAP_SECURITY="starttls")
