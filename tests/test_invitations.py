@@ -285,6 +285,8 @@ def test_test_send_goes_only_to_the_test_address(tmp_path: Path, templates: Path
     assert got.rcpt_tos == ["sjekk@example.net"]
     msg = got.message
     assert msg["To"].addresses[0].addr_spec == "sjekk@example.net"
+    attendee = calendar_of(msg).walk("VEVENT")[0]["attendee"]
+    assert str(attendee) == "mailto:sjekk@example.net"  # the test address answers, not Åse
     real = by_address(dry_run(templates, "invitasjon"))["ase.bjornstad@example.org"]
     assert msg["Subject"] == real["Subject"]
     assert msg.get_body(("plain",)).get_content() == real.get_body(("plain",)).get_content()
