@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from .address import Mailbox
+from .attachments import (
+    MAX_BYTES,
+    WARN_BYTES,
+    AttachmentError,
+    AttachmentStore,
+    encoded_size,
+)
 from .calendar import (
     ICS_FILENAME,
     Event,
@@ -23,7 +30,7 @@ from .calendar import (
     to_ics,
 )
 from .errors import InputError, TemplateError, UsageProblem
-from .message import Invitation, MessageFactory, message_id, wire_form
+from .message import Attachment, Invitation, MessageFactory, message_id, wire_form
 from .models import EventRun, Outgoing, Problem, Recipient
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .render import Renderer
@@ -93,7 +100,8 @@ class Campaign:
     def __init__(self, settings: Settings, recipients: Path, template: str | None, *,
                  variables: Mapping[str, str] = {}, suppress: Sequence[Path] = (),
                  campaign_id: str | None = None, need_sender: bool = True,
-                 where: Sequence[str] = ()) -> None:
+                 where: Sequence[str] = (), attach: Sequence[Path] = (),
+                 attachments_dir: Path | None = None) -> None:
         self.settings = settings
         self.listing = RecipientList(recipients)
         self.template = template
@@ -111,6 +119,13 @@ class Campaign:
         self.where_text = list(where)
         self.where: list[Any] = []
         self.answers: dict[str, str] = {}  # key → accepted, declined, tentative (the inbox)
+        self.store = AttachmentStore(attachments_dir or recipients.parent)
+        self.common: list[Attachment] = []  # --attach: on every message
+        for path in attach:
+            try:
+                self.common.append(self.store.given(path))
+            except AttachmentError as exc:
+                raise InputError(f"{path}: {exc}") from None
         self.bounced: set[str] = set()
         if template is None:
             self._compile_where()
@@ -136,6 +151,15 @@ class Campaign:
             self.factory = MessageFactory(self.sender, settings.reply_to_mailbox,
                                           unsubscribe_mailto=settings.unsubscribe_mailto)
         self._compile_where()
+
+    # Attachments -----------------------------------------------------------------------
+
+    def files_for(self, recipient: Recipient) -> list[Attachment]:
+        """--attach files and the guest's own (AttachmentError for a bad cell)."""
+        column = self.listing.attachment_column
+        if column is None or column >= len(recipient.row) or not recipient.row[column].strip():
+            return self.common
+        return [*self.common, *self.store.from_list(recipient.row[column])]
 
     # --where ---------------------------------------------------------------------------
 
@@ -268,6 +292,11 @@ class Campaign:
                         report.matching = (report.matching or 0) + 1
                 except InputError as exc:
                     report.problems.append(str(exc))
+            try:
+                files = self.files_for(item)
+            except AttachmentError as exc:
+                report.problems.append(str(Problem(report.path, item.line, str(exc))))
+                continue
             if self.renderer is None or missing:
                 continue
             try:
@@ -276,6 +305,16 @@ class Campaign:
                 text = str(exc).replace(f" (recipient on line {item.line})", "")
                 report.template_errors.setdefault(text, []).append(item.line)
                 continue
+            size = encoded_size(files) + 2 * (len(rendered.text or "") + len(rendered.html or ""))
+            if size > MAX_BYTES or size > WARN_BYTES:
+                what = f"the message is about {size / 1024 / 1024:.1f} MB"
+                if size > MAX_BYTES:
+                    report.problems.append(str(Problem(
+                        report.path, item.line, f"{what}: over the 25 MB most providers accept")))
+                else:
+                    report.warnings.append(str(Problem(
+                        report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
+                        True)))
             report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
         return report
 
@@ -298,7 +337,8 @@ class Campaign:
                                recipient.address.key if to is None
                                else f"test:{mailbox.address.key}", self.factory.domain)
         invitation = self._invitation(kind, mailbox)
-        data = self.factory.build(rendered, mailbox, msgid, calendar=invitation)
+        files = self.files_for(recipient)
+        data = self.factory.build(rendered, mailbox, msgid, calendar=invitation, files=files)
         holds = None if self.event is None or to is not None else \
             (self.uid, self.sequence, kind == "cancellation")
         return Outgoing(line=recipient.line, key=recipient.address.key,
@@ -306,7 +346,9 @@ class Campaign:
                         envelope_from=self.factory.sender.address.ascii,
                         envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
                         wire=wire_form(data), subject=rendered.subject, lang=rendered.lang,
-                        rendered=rendered if keep_rendered else None, kind=kind, holds=holds)
+                        rendered=rendered if keep_rendered else None, kind=kind, holds=holds,
+                        files=tuple((a.filename, a.source.as_uri() if a.source else "")
+                                    for a in files))
 
     def _invitation(self, kind: str, attendee: Mailbox) -> Invitation | None:
         event = self.event
@@ -318,7 +360,7 @@ class Campaign:
 
     @property
     def attachments(self) -> list[str]:
-        return [ICS_FILENAME] if self.event is not None else []
+        return [ICS_FILENAME] if self.event is not None else []  # the rest: per message
 
 
 def _chain(first: Recipient | Problem, rest: Iterator[Recipient | Problem]

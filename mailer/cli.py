@@ -111,6 +111,12 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 
 
 def template_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--attachments-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="Folder the list's attachment column names files in "
+                             "[default: the list's folder].")(func)
+    func = click.option("--attach", multiple=True,
+                        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                        help="A file attached to every message (repeatable).")(func)
     func = click.option("--where", multiple=True, metavar="EXPR",
                         help="Only guests for whom this Jinja expression holds, e.g. "
                              "\"answer is none\" (repeatable: all must hold).")(func)
@@ -149,7 +155,8 @@ def cli() -> None:
 @handle_errors
 def validate(recipients: Path, template: str | None, templates_dir: Path | None,
              variables: dict[str, str], suppress: tuple[Path, ...],
-             where: tuple[str, ...]) -> None:
+             where: tuple[str, ...], attach: tuple[Path, ...],
+             attachments_dir: Path | None) -> None:
     """Check a recipient list (and a template against it) without sending anything."""
     from .campaign import Campaign
     from .run import read_journal
@@ -157,7 +164,8 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 
     settings = load_settings(templates_dir=templates_dir)
     campaign = Campaign(settings, recipients, template, variables=variables,
-                        suppress=suppress, need_sender=False, where=where)
+                        suppress=suppress, need_sender=False, where=where, attach=attach,
+                        attachments_dir=attachments_dir)
     read_journal(campaign, settings.journal)
     report = campaign.check()
     for line in (*report.errors, *report.warnings):
@@ -207,6 +215,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 @handle_errors
 def send(recipients: Path, template: str, templates_dir: Path | None,
          variables: dict[str, str], suppress: tuple[Path, ...], where: tuple[str, ...],
+         attach: tuple[Path, ...], attachments_dir: Path | None,
          only: tuple[str, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
@@ -231,7 +240,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
                              retries=retries, retry_delay=retry_delay,
                              retry_for=retry_for)
     campaign = Campaign(settings, recipients, template, variables=variables,
-                        suppress=suppress, campaign_id=campaign_id, where=where)
+                        suppress=suppress, campaign_id=campaign_id, where=where, attach=attach,
+                        attachments_dir=attachments_dir)
     reporter = Reporter(quiet=quiet)
     if dry_run:
         box = runs.dry_run(campaign, outbox, reporter, settings.journal)

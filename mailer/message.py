@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate
+from pathlib import Path
+from urllib.parse import quote
 
 from .address import Mailbox
 from .models import Rendered
@@ -29,11 +31,12 @@ _UNSAFE_HEADER = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file attached to every message (the calendar event), encoded once."""
+    """A file attached to messages, base64-encoded once."""
 
     filename: str
     content_type: str  # with parameters, e.g. 'text/calendar; charset="utf-8"; method=PUBLISH'
     data: bytes
+    source: Path | None = None  # where it was read from (the preview page links to it)
     encoded: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -196,7 +199,8 @@ class MessageFactory:
         return self.sender.domain
 
     def build(self, rendered: Rendered, to: Mailbox, msgid: str, *,
-              date: str | None = None, calendar: Invitation | None = None) -> bytes:
+              date: str | None = None, calendar: Invitation | None = None,
+              files: Sequence[Attachment] = ()) -> bytes:
         """The whole message as bytes with CRLF line ends, ready for DATA or a .eml file."""
         headers = [
             self._fixed[0],  # From
@@ -218,7 +222,7 @@ class MessageFactory:
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         headers.append("MIME-Version: 1.0")
         boundary = f"=_{msgid[1:17]}"
-        body = _body(rendered, boundary, self.attachments, calendar)
+        body = _body(rendered, boundary, [*self.attachments, *files], calendar)
         return (CRLF.join(headers) + CRLF + body).encode("ascii")
 
 
@@ -243,9 +247,22 @@ class Invitation:
     filename: str = "invitasjon.ics"
 
 
+def _filename_params(filename: str) -> tuple[str, str]:
+    """(name=…, filename=…) parameters: quoted ASCII, or RFC 2231 UTF-8 for æøå (with an
+    ASCII fallback ``name`` for old clients)."""
+    clean = "".join(c for c in filename if c.isprintable() and c not in '"\\')
+    if clean.isascii():
+        return f'name="{clean}"', f'filename="{clean}"'
+    encoded = quote(clean.encode("utf-8"), safe="")
+    fallback = clean.encode("ascii", "replace").decode().replace("?", "_")
+    return (f'name="{fallback}"; name*=utf-8\'\'{encoded}',
+            f"filename*=utf-8''{encoded}")
+
+
 def _attachment(content_type: str, filename: str, encoded: str) -> str:
-    return (f'Content-Type: {content_type}; name="{filename}"{CRLF}'
-            f'Content-Disposition: attachment; filename="{filename}"{CRLF}'
+    name, disposition = _filename_params(filename)
+    return (f"Content-Type: {content_type}; {name}{CRLF}"
+            f"Content-Disposition: attachment; {disposition}{CRLF}"
             f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{encoded}")
 
 

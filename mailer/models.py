@@ -86,6 +86,8 @@ class Outgoing:
     prior: str | None = None  # the journal state before this run touched it
     kind: str = "message"  # invitation, update, cancellation, reminder, or message
     holds: tuple[str, int, bool] | None = None  # (event UID, SEQUENCE, cancelled) once sent
+    files: tuple[tuple[str, str], ...] = ()  # attached files: (name, file URI)
+    archive: str | None = None  # a second envelope recipient: the archive copy (no header)
 
 
 class Outcome(StrEnum):
@@ -124,6 +126,7 @@ class Stats:
     postponed: list[Named] = field(default_factory=list)  # deferred
     unconfirmed: list[Named] = field(default_factory=list)  # unknown
     expired: list[tuple[str, str]] = field(default_factory=list)  # deferred too long: failed
+    archive_refused: list[Named] = field(default_factory=list)  # the guest's went out
     stopped: str | None = None  # why the run stopped early, if it did
 
     def count(self, outcome: Outcome, named: Named) -> None:

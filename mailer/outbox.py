@@ -37,6 +37,10 @@ def _script_json(value: object) -> str:
 MANIFEST = ".mailer-outbox"
 
 
+def _links(files: tuple[tuple[str, str], ...]) -> list[str]:
+    return [name for name, _ in files]
+
+
 def _kind(kind: str) -> str:
     return "" if kind == "message" else f" ({kind})"
 
@@ -133,6 +137,7 @@ class Outbox:
         to = f"{job.name} <{job.email}>" if job.name else job.email
         payload = {
             "to": to, "subject": job.subject, "file": path.name,
+            "attachments": [{"name": n, "href": href} for n, href in job.files],
             "html": rendered.html if rendered else None,
             "text": rendered.text if rendered else
             f"Only the first {PREVIEW_LIMIT} messages are shown here: open {path.name}.",
@@ -142,7 +147,8 @@ class Outbox:
             f'<tr data-i="{self.count}" id="m{self.count}" aria-selected="false">'
             f"<td>{self.count}</td><td>{esc(job.name)}<br><small>{esc(job.email)}</small></td>"
             f"<td>{esc(job.lang)}</td><td>{esc(job.subject)}</td>"
-            f"<td>{esc(self.attachments)}{esc(_kind(job.kind))}</td></tr>\n"
+            f"<td>{esc(', '.join(filter(None, [self.attachments, *_links(job.files)])))}"
+            f"{esc(_kind(job.kind))}</td></tr>\n"
             f'<script type="application/json" id="d{self.count}">{_script_json(payload)}'
             f"</script>\n")
         return path

@@ -205,7 +205,7 @@ class SenderPool:
         self.recorder.sending(message)  # durable before the transaction starts
         redact = self.config.redact
         try:
-            reply = await conn.send(message)
+            reply, archive = await conn.send(message)
         except Refused as exc:
             code, text = exc.reply.code, redact(" ".join(exc.reply.text.split()))
             if exc.stage == "MAIL" and exc.permanent:
@@ -236,6 +236,9 @@ class SenderPool:
                 self._temporary(message, None, text)
             conn.abort()
         else:
+            if archive is not None:
+                self.stats.archive_refused.append(
+                    (message.email, archive.code, redact(" ".join(archive.text.split()))))
             self._final(message, Outcome.SENT, reply.code, " ".join(reply.text.split()))
 
     # Outcomes ----------------------------------------------------------------------

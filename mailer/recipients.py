@@ -23,6 +23,7 @@ from .models import Problem, Recipient
 EMAIL_COLUMNS = ("email", "e-mail", "e-post", "epost", "mail")
 NAME_COLUMNS = ("name", "navn")
 LANGUAGE_COLUMNS = ("language", "lang", "språk", "målform")
+ATTACHMENT_COLUMNS = ("attachment", "attachments", "vedlegg")
 
 # Language values people write in a spreadsheet, mapped to the codes variants use.
 _LANGUAGE_ALIASES = {
@@ -155,6 +156,7 @@ class RecipientList:
     email_column: int = 0
     name_column: int | None = None
     language_column: int | None = None
+    attachment_column: int | None = None
 
     @property
     def display(self) -> str:
@@ -202,6 +204,7 @@ class RecipientList:
             self.email_column = email
             self.name_column = _find(self.headers, NAME_COLUMNS)
             self.language_column = _find(self.headers, LANGUAGE_COLUMNS)
+            self.attachment_column = _find(self.headers, ATTACHMENT_COLUMNS)
             yield from self._records(_Lines(stream, header_line), shown, delimiter,
                                      SeenAddresses())
 

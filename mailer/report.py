@@ -98,6 +98,9 @@ class Reporter:
                             ("unconfirmed", stats.unconfirmed)):
             for email, code, reply in found:
                 self.line(" ".join(f"{kind}: {email}: {code or ''} {reply}".split()))
+        for email, code, reply in stats.archive_refused:
+            self.line(" ".join(f"archive copy refused (the message to {email} was sent): "
+                               f"{code or ''} {reply}".split()))
         for email, reply in stats.expired:
             self.line(" ".join(f"expired: {email}: {reply}".split()))
 

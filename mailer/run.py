@@ -49,7 +49,7 @@ class Result:
         stats = self.stats
         if stats.deferred or stats.unknown or stats.stopped:
             return EXIT_TEMPFAIL
-        if stats.failed or stats.expired:
+        if stats.failed or stats.expired or stats.archive_refused:
             return EXIT_REJECTED
         return EXIT_OK
 
@@ -227,6 +227,8 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
     """The messages of the guests due in this run, built one at a time as the pool asks:
     for an event, each guest gets what brings their calendar up to date."""
     due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
+    bcc = campaign.settings.archive_bcc
+    archive = check_address(bcc).ascii if bcc else None  # real sends only, never a test
     for recipient, suppressed in campaign.recipients():
         if suppressed or not _wanted(campaign, recipient, options):
             continue
@@ -244,6 +246,7 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
         if kind is not None:
             message = campaign.build(recipient, kind=kind, held=held)
             message.prior = state
+            message.archive = archive
             yield message
     headers = campaign.listing.headers
     for _key, email, name in removed:  # --cancel-removed: no longer on the list
@@ -251,6 +254,7 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
                           headers=headers, row=[""] * len(headers))
         message = campaign.build(guest, kind="cancellation", held=campaign.sequence)
         message.prior = "sent"
+        message.archive = archive
         yield message
 
 

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
                            # the first attempt
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None  # an address: List-Unsubscribe mailto, read by inbox
+    archive_bcc: str | None = None  # every real send is also delivered here (no Bcc header)
     imap_host: str | None = None
     imap_port: int = Field(993, ge=1, le=65535)
     imap_security: Literal["tls", "starttls", "none"] = "tls"
@@ -62,12 +63,13 @@ class Settings(BaseSettings):
 
     @field_validator("smtp_username", "smtp_helo", "reply_to", "sender", "unsubscribe_url",
                      "rate_limit", "unsubscribe_mailto", "imap_host", "imap_username",
+                     "archive_bcc",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("unsubscribe_mailto")
+    @field_validator("unsubscribe_mailto", "archive_bcc")
     @classmethod
     def _mailto(cls, value: str | None) -> str | None:
         if value is not None:

@@ -253,40 +253,52 @@ class Connection:
         self.replies.write(line)
         return await self._reply(future, stage)
 
-    async def send(self, message: Outgoing) -> Reply:
-        """One transaction; the reply to the end of the body (250). Refused for any other
-        reply, Lost when the connection drops or a reply does not come in time."""
+    async def send(self, message: Outgoing) -> tuple[Reply, Reply | None]:
+        """One transaction: the reply to the end of the body (250), and the refusal of the
+        archive recipient if it was refused (the guest's message goes out all the same).
+        Refused for any other reply, Lost when the connection drops or a reply does not
+        come in time."""
         self.used += 1
         mail = b"MAIL FROM:<%s>" % message.envelope_from.encode("ascii")
         if self.size:
             mail += b" SIZE=%d" % len(message.data)
-        rcpt = b"RCPT TO:<%s>\r\n" % message.envelope_to.encode("ascii")
+        commands = [(mail + b"\r\n", "MAIL"),
+                    (b"RCPT TO:<%s>\r\n" % message.envelope_to.encode("ascii"), "RCPT")]
+        if message.archive:
+            commands.append((b"RCPT TO:<%s>\r\n" % message.archive.encode("ascii"), "ARCHIVE"))
+        commands.append((b"DATA\r\n", "DATA"))
         replies = self.replies
+        got: list[Reply] = []
         if self.pipelining:
-            futures = [replies.expect(), replies.expect(), replies.expect()]
-            replies.write(mail + b"\r\n" + rcpt + b"DATA\r\n")
-            got = [await self._reply(f, stage)
-                   for f, stage in zip(futures, ("MAIL", "RCPT", "DATA"), strict=True)]
+            futures = [replies.expect() for _ in commands]
+            replies.write(b"".join(line for line, _ in commands))
+            for future, (_, stage) in zip(futures, commands, strict=True):
+                got.append(await self._reply(future, stage))
         else:
-            got = [await self._command(mail + b"\r\n", "MAIL")]
-            if got[0].code == 250:
-                got.append(await self._command(rcpt, "RCPT"))
-                if got[1].code in (250, 251):
-                    got.append(await self._command(b"DATA\r\n", "DATA"))
-        for stage, reply, ok in zip(("MAIL", "RCPT", "DATA"), got, ((250,), (250, 251), (354,)),
-                                    strict=False):
-            if reply.code not in ok:
-                if got[-1].code == 354:  # DATA accepted after all: end it with no message
-                    await self._command(b".\r\n", "END")
-                await self._reset()
-                raise Refused(stage, reply)
+            for line, stage in commands:
+                reply = await self._command(line, stage)
+                got.append(reply)
+                if stage in ("MAIL", "RCPT") and reply.code not in (250, 251):
+                    break
+        archive: Reply | None = None
+        for (_, stage), reply in zip(commands, got, strict=False):
+            ok = (354,) if stage == "DATA" else (250, 251)
+            if reply.code in ok:
+                continue
+            if stage == "ARCHIVE":
+                archive = reply
+                continue
+            if got[-1].code == 354:  # DATA accepted after all: end it with no message
+                await self._command(b".\r\n", "END")
+            await self._reset()
+            raise Refused(stage, reply)
         end = replies.expect()  # before the write: every reply must find its future
         replies.write(message.wire)
         await replies.drain()
         reply = await self._reply(end, "END", self.config.data_timeout)
         if reply.code != 250:
             raise Refused("END", reply)
-        return reply
+        return reply, archive
 
     async def _reset(self) -> None:
         """RSET after a refusal; a connection that cannot even reset is closed."""
