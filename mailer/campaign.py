@@ -101,9 +101,9 @@ class Campaign:
                  variables: Mapping[str, str] = {}, suppress: Sequence[Path] = (),
                  campaign_id: str | None = None, need_sender: bool = True,
                  where: Sequence[str] = (), attach: Sequence[Path] = (),
-                 attachments_dir: Path | None = None) -> None:
+                 attachments_dir: Path | None = None, sheet: str | None = None) -> None:
         self.settings = settings
-        self.listing = RecipientList(recipients)
+        self.listing = RecipientList(recipients, sheet)
         self.template = template
         self.id = campaign_id or default_campaign_id(template or "-", recipients)
         self.suppressed = load_suppressions(suppress)

@@ -111,6 +111,8 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 
 
 def template_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--sheet", metavar="NAME",
+                        help="The worksheet of an .xlsx list [default: the first].")(func)
     func = click.option("--attachments-dir", type=click.Path(path_type=Path, file_okay=False),
                         help="Folder the list's attachment column names files in "
                              "[default: the list's folder].")(func)
@@ -156,7 +158,7 @@ def cli() -> None:
 def validate(recipients: Path, template: str | None, templates_dir: Path | None,
              variables: dict[str, str], suppress: tuple[Path, ...],
              where: tuple[str, ...], attach: tuple[Path, ...],
-             attachments_dir: Path | None) -> None:
+             attachments_dir: Path | None, sheet: str | None) -> None:
     """Check a recipient list (and a template against it) without sending anything."""
     from .campaign import Campaign
     from .run import read_journal
@@ -165,7 +167,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
     settings = load_settings(templates_dir=templates_dir)
     campaign = Campaign(settings, recipients, template, variables=variables,
                         suppress=suppress, need_sender=False, where=where, attach=attach,
-                        attachments_dir=attachments_dir)
+                        attachments_dir=attachments_dir, sheet=sheet)
     read_journal(campaign, settings.journal)
     report = campaign.check()
     for line in (*report.errors, *report.warnings):
@@ -215,7 +217,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 @handle_errors
 def send(recipients: Path, template: str, templates_dir: Path | None,
          variables: dict[str, str], suppress: tuple[Path, ...], where: tuple[str, ...],
-         attach: tuple[Path, ...], attachments_dir: Path | None,
+         attach: tuple[Path, ...], attachments_dir: Path | None, sheet: str | None,
          only: tuple[str, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
@@ -241,7 +243,7 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
                              retry_for=retry_for)
     campaign = Campaign(settings, recipients, template, variables=variables,
                         suppress=suppress, campaign_id=campaign_id, where=where, attach=attach,
-                        attachments_dir=attachments_dir)
+                        attachments_dir=attachments_dir, sheet=sheet)
     reporter = Reporter(quiet=quiet)
     if dry_run:
         box = runs.dry_run(campaign, outbox, reporter, settings.journal)
@@ -270,10 +272,15 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
 @click.option("--journal", type=click.Path(path_type=Path, dir_okay=False),
               help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
 @click.option("--campaign", "campaign_id", help="One campaign [default: all].")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="table: counts per state; csv/json: every recipient.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "excel-csv", "xlsx"]),
+              default="table", show_default=True,
+              help="table: counts per state; csv/json: every recipient, for programs; "
+                   "excel-csv (';', BOM, local times) and xlsx (--output): for people.")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="The file for --format xlsx.")
 @handle_errors
-def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
+def status(journal: Path | None, campaign_id: str | None, fmt: str,
+           output: Path | None) -> None:
     """Who got the message, who is waiting, who bounced."""
     from .journal import STATES, Journal
     from .settings import load_settings
@@ -303,6 +310,18 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str) -> None:
             return
         fields = ["campaign", "email", "name", "line", "state", "attempts", "code", "reply",
                   "message_id", "updated", "answer", "answered_at", "bounce"]
+        if fmt in ("xlsx", "excel-csv"):
+            from .sheets import write_excel_csv, write_workbook
+
+            rows = ([getattr(e, f) for f in fields] for e in db.entries(campaign_id))
+            if fmt == "excel-csv":
+                write_excel_csv(sys.stdout, fields, rows)
+                return
+            if output is None:
+                raise click.UsageError("--format xlsx needs --output FILE")
+            count = write_workbook(output, fields, rows)
+            click.echo(f"{count} guests written to {output}")
+            return
         if fmt == "csv":
             stdout = sys.stdout
             writer = csv.writer(stdout, lineterminator="\n")

@@ -14,6 +14,7 @@ import re
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from pathlib import Path
 
 from .address import AddressError, check_address
@@ -152,6 +153,7 @@ class RecipientList:
     """A recipient CSV file. Iterate ``scan()`` once per pass; each pass streams the file."""
 
     path: Path
+    sheet: str | None = None  # a worksheet of an .xlsx list (default: the first)
     headers: list[str] = field(default_factory=list)
     email_column: int = 0
     name_column: int | None = None
@@ -168,6 +170,9 @@ class RecipientList:
         Raise InputError when the file as a whole is unusable (empty, no email column).
         """
         shown = self.display
+        if self.path.suffix.lower() in (".xlsx", ".xlsm"):
+            yield from self._scan_workbook(shown)
+            return
         try:
             handle = self.path.open("rb")
         except OSError as exc:
@@ -195,18 +200,61 @@ class RecipientList:
                                  f"'CSV UTF-8' and try again")
             delimiter = _sniff_delimiter(first)
             headers = next(csv.reader([first], delimiter=delimiter, strict=False), [])
-            self.headers = [h.strip() for h in headers]
-            email = _find(self.headers, EMAIL_COLUMNS)
-            if email is None:
-                raise InputError(
-                    f"{shown}:{header_line}: no email column: expected one of "
-                    f"{', '.join(EMAIL_COLUMNS)} (found: {', '.join(self.headers)})")
-            self.email_column = email
-            self.name_column = _find(self.headers, NAME_COLUMNS)
-            self.language_column = _find(self.headers, LANGUAGE_COLUMNS)
-            self.attachment_column = _find(self.headers, ATTACHMENT_COLUMNS)
+            self._columns(headers, shown, header_line)
             yield from self._records(_Lines(stream, header_line), shown, delimiter,
                                      SeenAddresses())
+
+    def _columns(self, headers: list[str], shown: str, line: int) -> None:
+        self.headers = [h.strip() for h in headers]
+        email = _find(self.headers, EMAIL_COLUMNS)
+        if email is None:
+            raise InputError(
+                f"{shown}:{line}: no email column: expected one of "
+                f"{', '.join(EMAIL_COLUMNS)} (found: {', '.join(self.headers)})")
+        self.email_column = email
+        self.name_column = _find(self.headers, NAME_COLUMNS)
+        self.language_column = _find(self.headers, LANGUAGE_COLUMNS)
+        self.attachment_column = _find(self.headers, ATTACHMENT_COLUMNS)
+
+    def _scan_workbook(self, shown: str) -> Iterator[Recipient | Problem]:
+        """An .xlsx list, streamed (openpyxl read-only): the first sheet or ``sheet``, the
+        first non-empty row the header, every value the text Excel shows, problems on the
+        row numbers Excel shows."""
+        from openpyxl import load_workbook
+
+        try:
+            book = load_workbook(self.path, read_only=True, data_only=True)
+        except Exception as exc:  # zip, XML and openpyxl errors alike: not a workbook
+            raise InputError(f"{shown}: not a readable .xlsx workbook: "
+                             f"{type(exc).__name__}: {exc}") from None
+        try:
+            if self.sheet is not None and self.sheet not in book.sheetnames:
+                raise InputError(f"{shown}: no sheet {self.sheet!r} (sheets: "
+                                 f"{', '.join(book.sheetnames)})")
+            sheet = book[self.sheet] if self.sheet is not None else book.worksheets[0]
+            rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), start=1)
+            for number, values in rows:
+                header = [cell_text(v) for v in values]
+                if any(h.strip() for h in header):
+                    while header and not header[-1].strip():
+                        header.pop()
+                    self._columns(header, shown, number)
+                    break
+            else:
+                raise InputError(f"{shown}:1: the sheet is empty: expected a header row with "
+                                 f"an email column")
+            width = len(self.headers)
+            seen = SeenAddresses()
+            for number, values in rows:
+                row = [cell_text(v) for v in values]
+                while len(row) > width and not row[-1]:
+                    row.pop()
+                item = self._check(row, number, shown, seen, "clear the cells right of the "
+                                                             "last column")
+                if item is not None:
+                    yield item
+        finally:
+            book.close()
 
     def _records(self, lines: _Lines, shown: str, delimiter: str,
                  seen: SeenAddresses) -> Iterator[Recipient | Problem]:
@@ -225,12 +273,8 @@ class RecipientList:
 
     def _rows(self, reader: Iterator[list[str]], lines: _Lines, shown: str, delimiter: str,
               seen: SeenAddresses) -> Iterator[Recipient | Problem]:
-        headers = self.headers
-        width = len(headers)
-        email_col, name_col, lang_col = self.email_column, self.name_column, self.language_column
-        email_header = headers[email_col]
-        header_bound = {email_col} | {c for c in (name_col, lang_col) if c is not None}
         raw = lines.record
+        too_many = f"quote fields that hold '{delimiter}'"
         for row in reader:
             line = lines.count - len(raw) + 1
             if len(raw) == 1:
@@ -247,49 +291,55 @@ class RecipientList:
                     yield from self._records(_Lines(iter(record[1:]), line), shown,
                                              delimiter, seen)
                     return
-                bad = [c for c, v in enumerate(row) if c in header_bound and _BREAK.search(v)]
-                if bad:
-                    yield Problem(shown, line, f"column '{headers[bad[0]]}' holds a line break")
-                    continue
-                row = [_BREAK.sub("\n", v) for v in row]
-            if len(row) > width:
-                yield Problem(shown, line, f"{len(row)} fields but the header has {width}: "
-                                           f"quote fields that hold '{delimiter}'")
-                continue
-            joined = _SEP.join(row)
-            if not joined.strip(_SEP + " \t\r\n"):
-                continue  # a blank line or a row of empty cells, as spreadsheets write
-            if _BAD_IN_ROW.search(joined):
-                yield self._field_problem(row, shown, line)
-                continue
-            multiline = () if "\n" not in joined else \
-                tuple(headers[c] for c, v in enumerate(row) if "\n" in v)
-            if len(row) < width:
-                row += [""] * (width - len(row))
-            raw_email = row[email_col].strip()
-            if not raw_email:
-                yield Problem(shown, line, f"missing address in column '{email_header}'")
-                continue
-            try:
-                address = check_address(raw_email)
-            except AddressError as exc:
-                yield Problem(shown, line, f"invalid address {raw_email!r}: {exc}")
-                continue
-            first_line = seen.first_line(address.key, line)
-            if first_line is not None:
-                yield Problem(shown, line, f"duplicate address {address.normalized} "
-                                           f"(first on line {first_line}): skipped",
-                              warning=True)
-                continue
-            yield Recipient(
-                line=line,
-                address=address,
-                name=" ".join(row[name_col].split()) if name_col is not None else "",
-                language=normalize_language(row[lang_col]) if lang_col is not None else None,
-                headers=headers,
-                row=row,
-                multiline=multiline,
-            )
+            item = self._check(row, line, shown, seen, too_many)
+            if item is not None:
+                yield item
+
+    def _check(self, row: list[str], line: int, shown: str, seen: SeenAddresses,
+               too_many: str) -> Recipient | Problem | None:
+        """One record (of a CSV file or a worksheet) as a Recipient or a Problem; None for a
+        row of empty cells."""
+        headers = self.headers
+        width = len(headers)
+        email_col, name_col, lang_col = self.email_column, self.name_column, self.language_column
+        if len(row) > width:
+            return Problem(shown, line, f"{len(row)} fields but the header has {width}: "
+                                        f"{too_many}")
+        joined = _SEP.join(row)
+        if not joined.strip(_SEP + " \t\r\n"):
+            return None  # a blank line or a row of empty cells, as spreadsheets write
+        if _BAD_IN_ROW.search(joined):
+            return self._field_problem(row, shown, line)
+        multiline: tuple[str, ...] = ()
+        if "\n" in joined or "\r" in joined:
+            bound = {email_col} | {c for c in (name_col, lang_col) if c is not None}
+            bad = [c for c, v in enumerate(row) if c in bound and _BREAK.search(v)]
+            if bad:
+                return Problem(shown, line, f"column '{headers[bad[0]]}' holds a line break")
+            row = [_BREAK.sub("\n", v) for v in row]
+            multiline = tuple(headers[c] for c, v in enumerate(row) if "\n" in v)
+        if len(row) < width:
+            row += [""] * (width - len(row))
+        raw_email = row[email_col].strip()
+        if not raw_email:
+            return Problem(shown, line, f"missing address in column '{headers[email_col]}'")
+        try:
+            address = check_address(raw_email)
+        except AddressError as exc:
+            return Problem(shown, line, f"invalid address {raw_email!r}: {exc}")
+        first_line = seen.first_line(address.key, line)
+        if first_line is not None:
+            return Problem(shown, line, f"duplicate address {address.normalized} "
+                                        f"(first on line {first_line}): skipped", warning=True)
+        return Recipient(
+            line=line,
+            address=address,
+            name=" ".join(row[name_col].split()) if name_col is not None else "",
+            language=normalize_language(row[lang_col]) if lang_col is not None else None,
+            headers=headers,
+            row=row,
+            multiline=multiline,
+        )
 
     def _field_problem(self, row: list[str], shown: str, line: int) -> Problem:
         for header, value in zip(self.headers, row, strict=False):
@@ -312,6 +362,13 @@ def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:
     found: set[str] = set()
     problems: list[str] = []
     for path in paths:
+        if path.suffix.lower() in (".xlsx", ".xlsm"):
+            for item in RecipientList(path).scan():
+                if isinstance(item, Recipient):
+                    found.add(item.address.key)
+                elif not item.warning:
+                    problems.append(str(item))
+            continue
         try:
             text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
         except OSError as exc:
@@ -339,6 +396,23 @@ def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(f"{problems[0]}{more}")
     return frozenset(found)
+
+
+def cell_text(value: object) -> str:
+    """A worksheet value as the text Excel shows: 27.10.2026 for a date, 42 for 42.0."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, datetime):
+        return f"{value:%d.%m.%Y}" if value.time() == time() else f"{value:%d.%m.%Y %H:%M}"
+    if isinstance(value, date):
+        return f"{value:%d.%m.%Y}"
+    if isinstance(value, time):
+        return f"{value:%H:%M}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def language_warning(value: str | None, known: Iterable[str], fallback: str) -> str | None:

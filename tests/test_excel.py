@@ -1,0 +1,125 @@
+"""Excel in and out: .xlsx lists and suppression files, the attendee list as a workbook
+and as a CSV that Excel opens in columns, with formulas from the list kept as text."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from tests.conftest import Server, make_template, run, send, smtp_env, write
+
+EVIL = '=HYPERLINK("https://evil.example","Klikk")'
+
+
+def workbook(path: Path, rows: list[list[object]], sheet: str = "Gjester",
+             other: str | None = None) -> Path:
+    book = openpyxl.Workbook()
+    ws = book.active
+    ws.title = sheet
+    for row in rows:
+        ws.append(row)
+    if other is not None:
+        book.create_sheet(other).append(["e-post"])
+    book.save(path)
+    return path
+
+
+ROWS: list[list[object]] = [
+    [None, None],  # row 1 empty: the header is on row 2
+    ["Navn", "E-post", "Dato", "Antall", "Påmeldt"],
+    ["Kari Nordmann", "kari@example.org", date(2026, 10, 27), 42.0, True],
+    [None, None, None, None, None],  # an empty row, skipped
+    ["Ola Ødegård", "ola@example.org", datetime(2026, 10, 27, 10, 15), 2.5, False],
+    ["Åse", "ase@example.org", None, 7, None],
+    ["Per", "per@@example.org", None, None, None],  # row 7: a bad address
+]
+
+
+def test_an_xlsx_list_reads_as_excel_shows_it(tmp_path: Path) -> None:
+    from mailer.models import Recipient
+    from mailer.recipients import RecipientList
+
+    path = workbook(tmp_path / "gjester.xlsx", ROWS)
+    items = list(RecipientList(path).scan())
+    people = [i for i in items if isinstance(i, Recipient)]
+    assert [p.email for p in people] == ["kari@example.org", "ola@example.org", "ase@example.org"]
+    assert [p.line for p in people] == [3, 5, 6]  # the row numbers Excel shows
+    kari, ola, _ = (p.fields for p in people)
+    assert (kari["Dato"], kari["Antall"], kari["Påmeldt"]) == ("27.10.2026", "42", "TRUE")
+    assert (ola["Dato"], ola["Antall"]) == ("27.10.2026 10:15", "2.5")
+    result = run("validate", str(path))
+    assert result.exit_code == 65
+    assert f"{path}:7: invalid address 'per@@example.org'" in result.output
+    assert "3 recipients" in result.output
+
+
+def test_send_from_a_sheet_of_a_workbook(tmp_path: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    path = workbook(tmp_path / "gjester.xlsx", ROWS[:6], other="Reserve")
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei {{ Navn }}", body_txt="Dato: {{ Dato }}\n")
+    result = send(root, path, smtp_env(controller))
+    assert result.exit_code == 0, result.output
+    kari = next(m.message for m in handler.messages if m.rcpt_tos == ["kari@example.org"])
+    assert "Dato: 27.10.2026" in kari.get_body(("plain",)).get_content()
+    missing = run("validate", str(path), "--sheet", "Ukjent")
+    assert missing.exit_code == 65 and "no sheet 'Ukjent' (sheets: Gjester, Reserve)" in \
+        missing.output
+    other = run("validate", str(path), "--sheet", "Reserve")
+    assert other.exit_code == 0 and "0 recipients" in other.output
+
+
+def test_an_xlsx_suppression_file(tmp_path: Path) -> None:
+    listing = write(tmp_path / "l.csv", "navn;epost\nKari;kari@example.org\nOla;ola@example.org\n")
+    supp = workbook(tmp_path / "avmeldt.xlsx", [["E-post"], ["OLA@example.org"]])
+    result = run("validate", str(listing), "--suppress", str(supp))
+    assert result.exit_code == 0 and "1 suppressed" in result.output
+
+
+@pytest.fixture
+def journal_with_evil_name(tmp_path: Path, smtp: Server) -> dict[str, str]:
+    controller, _ = smtp
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei", body_txt="Hei\n")
+    listing = write(tmp_path / "l.csv", f'navn;epost\n"{EVIL.replace(chr(34), chr(34) * 2)}";'
+                                        f"evil@example.org\nKari;kari@example.org\n")
+    env = smtp_env(controller)
+    assert send(root, listing, env).exit_code == 0
+    return env
+
+
+def test_status_as_a_workbook(tmp_path: Path, journal_with_evil_name: dict[str, str]) -> None:
+    out = tmp_path / "resultat.xlsx"
+    result = run("status", "--format", "xlsx", "--output", str(out), env=journal_with_evil_name)
+    assert result.exit_code == 0, result.output
+    assert "2 guests written" in result.output
+    book = openpyxl.load_workbook(out)
+    ws = book.active
+    header = [c.value for c in ws[1]]
+    assert header[:5] == ["campaign", "email", "name", "line", "state"]
+    assert ws.auto_filter.ref == "A1:M3"
+    evil = next(row for row in ws.iter_rows(min_row=2) if row[1].value == "evil@example.org")
+    assert evil[2].value == EVIL and evil[2].data_type == "s"  # text, never a formula
+    assert isinstance(evil[9].value, datetime)  # updated, in local time
+    assert ws.column_dimensions["B"].width >= len("kari@example.org")
+    assert (out.stat().st_mode & 0o777) == 0o600
+    assert run("status", "--format", "xlsx", env=journal_with_evil_name).exit_code == 2
+
+
+def test_status_as_a_csv_for_excel(journal_with_evil_name: dict[str, str]) -> None:
+    result = run("status", "--format", "excel-csv", env=journal_with_evil_name)
+    assert result.exit_code == 0
+    text = result.output
+    assert text.startswith("\ufeffcampaign;email;name;")
+    rows = list(csv.reader(io.StringIO(text.removeprefix("\ufeff")), delimiter=";"))
+    evil = next(row for row in rows if row[1] == "evil@example.org")
+    assert evil[2] == "'" + EVIL  # neutralised as OWASP recommends: a leading '
+    assert len(evil[9]) == len("30.11.2026 16:40")  # local time, as Excel shows it
+    raw = run("status", "--format", "csv", env=journal_with_evil_name).output
+    program = next(r for r in csv.reader(io.StringIO(raw)) if r[1] == "evil@example.org")
+    assert program[2] == EVIL  # programs get it raw
