@@ -362,22 +362,18 @@ def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:
     found: set[str] = set()
     problems: list[str] = []
     for path in paths:
-        if path.suffix.lower() in (".xlsx", ".xlsm"):
-            for item in RecipientList(path).scan():
-                if isinstance(item, Recipient):
-                    found.add(item.address.key)
-                elif not item.warning:
-                    problems.append(str(item))
-            continue
-        try:
-            text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the suppression list: "
-                             f"{exc.strerror}") from None
+        workbook = path.suffix.lower() in (".xlsx", ".xlsm")
+        text = ""
+        if not workbook:
+            try:
+                text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read the suppression list: "
+                                 f"{exc.strerror}") from None
         first = next((ln for ln in text.splitlines() if ln.strip()
                       and not ln.lstrip().startswith("#")), "")
         looks_csv = any(d in first for d in ";,\t") or _find([first.strip()], EMAIL_COLUMNS) == 0
-        if looks_csv:
+        if workbook or looks_csv:  # a list with an email column
             for item in RecipientList(path).scan():
                 if isinstance(item, Recipient):
                     found.add(item.address.key)
