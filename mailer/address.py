@@ -9,6 +9,7 @@ parts, non-ASCII, odd lengths) goes to email-validator directly.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from email.utils import getaddresses
@@ -109,3 +110,13 @@ def parse_mailbox(text: str) -> Mailbox:
         raise AddressError("expected one 'Name <address>' or one address")
     name, addr = found[0]
     return Mailbox(name.strip(), check_address(addr))
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.rstrip(".").lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -24,11 +24,10 @@ from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
 
-from .address import AddressError, check_address
+from .address import AddressError, check_address, is_loopback
 from .errors import ConfigError, InputError, TemporaryError
 from .journal import Journal
 from .settings import Settings
-from .smtp import is_loopback
 
 PARTSTATS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "tentative"}
 _AUTO_SUBJECT = re.compile(

@@ -207,7 +207,7 @@ class Journal:
             table = self.db.execute("SELECT sql FROM sqlite_master WHERE name = "
                                     "'deliveries'").fetchone()[0]
             if "'bounced'" not in table:  # before version 5: the state check lacks bounced
-                self._rebuild_deliveries(table)
+                self._rebuild_deliveries()
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(campaigns)")}
             if "event" not in columns:  # a version 3 journal
                 self.db.execute("ALTER TABLE campaigns ADD COLUMN event TEXT")
@@ -220,7 +220,7 @@ class Journal:
         self._reverts: list[tuple[Any, ...]] = []
         self._holders: list[tuple[Any, ...]] = []
 
-    def _rebuild_deliveries(self, old_sql: str) -> None:
+    def _rebuild_deliveries(self) -> None:
         """SQLite cannot change a CHECK constraint: copy the rows into a new table."""
         new_sql = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS deliveries"):]
         new_sql = new_sql[:new_sql.index("WITHOUT ROWID;") + len("WITHOUT ROWID")]
@@ -231,7 +231,6 @@ class Journal:
             db.execute(f"INSERT INTO deliveries ({columns}) SELECT {columns} "  # noqa: S608
                        f"FROM deliveries_old")
             db.execute("DROP TABLE deliveries_old")
-        del old_sql
 
     def _protect(self) -> None:
         """The WAL and shared-memory files hold the same personal data: owner only."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .address import Mailbox, check_address
+from .address import Mailbox, check_address, is_loopback
 from .campaign import Campaign
 from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, ConfigError, InputError
 from .journal import CampaignLock, Journal
@@ -21,7 +21,7 @@ from .outbox import Outbox
 from .pool import NullRecorder, OutcomeHook, Recorder, SenderPool
 from .report import Reporter
 from .settings import Settings
-from .smtp import SmtpConfig, helo_name, is_loopback
+from .smtp import SmtpConfig, helo_name
 
 
 @dataclass

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import socket
 import ssl
 from collections import deque
@@ -102,16 +101,6 @@ class SmtpConfig:
         for form in forms:
             text = text.replace(form, "***")
         return text
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.rstrip(".").lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def helo_name(configured: str | None, sender_domain: str) -> str:

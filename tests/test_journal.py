@@ -429,3 +429,25 @@ def test_status_and_purge_of_what_is_not_there(tmp_path: Path, tpl: Path, smtp: 
     assert typo.exit_code == 65
     assert "no campaign 't:liste.cvs' (known: t:liste.csv)" in typo.output
     assert status_json(env)["campaigns"][0]["counts"]["sent"] == 2  # nothing was purged
+
+
+def test_a_journal_of_the_previous_release_upgrades_with_its_rows(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    from mailer.journal import SCHEMA_VERSION
+
+    controller, handler = smtp
+    journal = tmp_path / ".mailer" / "journal.sqlite3"
+    journal.parent.mkdir()
+    with sqlite3.connect(journal) as db:
+        db.executescript((Path(__file__).parent / "journal_v2.sql").read_text())
+        db.execute("PRAGMA user_version = 2")
+        db.execute("INSERT INTO campaigns VALUES ('t:liste.csv', 't', 'liste.csv', 'x', 'x')")
+        db.execute("INSERT INTO deliveries (campaign, key, email, name, line, state, attempts, "
+                   "created, updated) VALUES ('t:liste.csv', 'p0@example.org', "
+                   "'p0@example.org', 'Person 0', 2, 'sent', 1, 'x', 'x')")
+    result = send(tpl, people(tmp_path, 2), smtp_env(controller))
+    assert result.exit_code == 0, result.output
+    assert [m.rcpt_tos for m in handler.messages] == [["p1@example.org"]]  # p0 kept as sent
+    with sqlite3.connect(journal) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute("UPDATE deliveries SET state = 'bounced' WHERE key = 'p0@example.org'")
