@@ -30,6 +30,7 @@ from .calendar import (
     to_ics,
 )
 from .errors import InputError, TemplateError, UsageProblem
+from .mailsafe import check_html
 from .message import Attachment, Invitation, MessageFactory, message_id, wire_form
 from .models import EventRun, Outgoing, Problem, Recipient
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
@@ -258,7 +259,7 @@ class Campaign:
             missing = self.templates.missing_variables(self.listing.headers)
             report.problems.extend(missing)
             subject_uses = self.templates.subject_variables()
-            known = {lang or default for lang in self.templates.variants}
+            known |= {lang or default for lang in self.templates.variants}
         report.fallback_language = default
         if self.event is not None and self.event.starts < datetime.now(UTC):
             report.warnings.append(
@@ -315,6 +316,10 @@ class Campaign:
                     report.warnings.append(str(Problem(
                         report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
                         True)))
+            if rendered.html is not None and rendered.lang not in report.languages:
+                where = self.settings.templates_dir / (self.template or "")
+                report.warnings.extend(f"{where}: warning: {rendered.lang}: {problem}"
+                                       for problem in check_html(rendered.html))
             report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
         return report
 

@@ -36,8 +36,9 @@ class Renderer:
     def _markdown(self) -> Callable[[str], str]:
         from markdown_it import MarkdownIt
 
-        # Raw HTML in Markdown is escaped: a value from the list cannot inject markup.
-        return MarkdownIt("commonmark", {"html": False, "typographer": True}) \
+        # Raw HTML in Markdown is escaped: a value from the list cannot inject markup. A
+        # line break is kept (breaks): "Vennlig hilsen" stays above the signature.
+        return MarkdownIt("commonmark", {"html": False, "typographer": True, "breaks": True}) \
             .enable(["table", "strikethrough"]).render
 
     def _call(self, name: str, ctx: dict[str, Any]) -> str:
@@ -177,9 +178,17 @@ def html_to_text(html: str) -> str:
             anchor[-1].tail = f"{anchor[-1].tail or ''} ({target})"
         else:
             anchor.text = f"{anchor.text or ''} ({target})"
+    for heading in tree.iter("h1", "h2"):  # headings in capitals, as plain-text mail does
+        for node in heading.iter():
+            node.text = node.text.upper() if node.text else node.text
+            if node is not heading:
+                node.tail = node.tail.upper() if node.tail else node.tail
     text: str = Inscriptis(tree, _text_config()).get_text()
-    text = "\n".join(line.rstrip() for line in text.splitlines())
+    text = "\n".join(_BULLET.sub(r"\1- ", line.rstrip()) for line in text.splitlines())
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+_BULLET = re.compile(r"^(\s*)\* ")
 
 
 @lru_cache(maxsize=1)

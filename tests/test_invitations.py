@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import (
     ENV,
     EXAMPLE,
+    ROOT,
     Server,
     make_template,
     parse,
@@ -257,9 +258,9 @@ def test_markdown_newsletter_in_the_layout_with_css_inlined(templates: Path) -> 
     assert "<style" not in html  # inlined
     assert 'style="' in html and "font-family: Arial" in html
     assert '<html lang="nb">' in html
-    assert "Hva vi hørte" in text and "#" not in text and "**" not in text  # text, not Markdown
+    assert "HVA VI HØRTE" in text and "#" not in text and "**" not in text  # text, not Markdown
     assert "Hei Kari Nordmann" in text
-    assert "Meld deg av her (https://example.org/avmeld?e=kari.nordmann%40example.org)" in text
+    assert "Meld deg av (https://example.org/avmeld?e=kari.nordmann%40example.org)" in text
 
 
 def test_markdown_escapes_html_from_the_list(tmp_path: Path) -> None:
@@ -367,3 +368,41 @@ def test_test_send_options_are_checked(templates: Path, smtp: Server) -> None:
                   "nobody@example.org", env=env)
     assert unknown.exit_code == 65 and "no recipient 'nobody@example.org'" in unknown.output
     assert handler.messages == []
+
+
+def test_the_mail_client_check_warns_in_validate(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    filler = "<p>" + "Avsnitt. " * 20 + "</p>\n"
+    make_template(root, "t", subject_txt="Hei",
+                  body_html='<html><head><link rel="stylesheet" href="https://example.org/s.css">'
+                            '<script>alert(1)</script></head><body>'
+                            '<div style="display: flex; float: left">x</div>'
+                            '<img src="https://example.org/logo.png">' + filler * 900
+                            + "</body></html>")
+    listing = write(tmp_path / "l.csv", "email\na@example.org\nb@example.org\n")
+    result = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
+    assert result.exit_code == 0  # warnings, not errors
+    out = result.output
+    assert "Gmail clips a message over 102 KB" in out
+    assert "no lang attribute" in out and "<script>" in out
+    assert "an external stylesheet (https://example.org/s.css)" in out
+    assert "layout with display, float: Outlook for Windows ignores it" in out
+    assert "an image without alt and width" in out
+    assert out.count("Gmail clips") == 1  # the first message of each language only
+    shipped = run("validate", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",
+                  str(ROOT / "templates"))
+    assert "warning" not in shipped.output.replace("0 warnings", "")
+
+
+def test_the_newsletter_text_part_is_text_and_the_unsubscribe_link_once(
+        templates: Path) -> None:
+    env = dict(ENV, MAILER_UNSUBSCRIBE_URL="https://example.org/avmeld?e={{ email | urlencode }}")
+    msg = dry_run(templates, "nyhetsbrev", env=env)[0]
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    html = msg.get_body(("html",)).get_content()
+    assert "#" not in text and "**" not in text and "](" not in text
+    assert "HVA VI HØRTE" in text  # a heading in capitals
+    assert "- Kompetanse er den største flaskehalsen" in text  # a list with dashes
+    assert "Vennlig hilsen\nDigitaliseringsdirektoratet" in text  # the line break kept
+    assert "Vennlig hilsen<br" in html
+    assert html.count("https://example.org/avmeld?e=kari.nordmann%40example.org") == 1
