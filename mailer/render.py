@@ -109,7 +109,10 @@ class Renderer:
                 if "text" in files:
                     current = files["text"]
                     text = self._call(current, ctx)
-                if "html" in files:
+                if "mjml" in files:  # MJML: rendered by Jinja, then compiled to tables
+                    current = files["mjml"]
+                    html = compile_mjml(self._call(current, ctx))
+                elif "html" in files:
                     current = files["html"]
                     html = self._call(current, ctx)
             if html is not None:
@@ -124,6 +127,22 @@ class Renderer:
             raise TemplateError(f"{folder.templates_dir / files['subject']}: the subject is "
                                 f"empty (recipient on line {recipient.line})")
         return Rendered(subject=subject, text=text, html=html, lang=lang, unsubscribe_url=url)
+
+
+class MjmlError(ValueError):
+    """MRML could not compile the rendered MJML."""
+
+
+def compile_mjml(source: str) -> str:
+    """MJML → the table-based HTML that Outlook, Gmail and Apple Mail all render, with MRML
+    (mjml-python, the Rust port: no Node). About 65 µs for a small body, per message."""
+    import mjml
+
+    try:
+        html: str = mjml.mjml2html(source)
+    except Exception as exc:  # MRML raises its own error types with a message
+        raise MjmlError(f"MJML: {exc}") from None
+    return html
 
 
 def _default_layout(subject: str, content: Markup, lang: str) -> str:

@@ -25,7 +25,8 @@ from markupsafe import Markup
 
 from .errors import TemplateError
 
-_VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md)\.j2\Z")
+_VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md|mjml)\.j2\Z")
+BODIES = {"text", "html", "markdown", "mjml"}
 
 MONTHS = {
     "nb": ["januar", "februar", "mars", "april", "mai", "juni", "juli", "august",
@@ -60,7 +61,7 @@ def _clock(value: Any, lang: str = "nb") -> str:
 
 
 def _is_html(name: str | None) -> bool:
-    return name is not None and name.endswith((".html.j2", ".html", ".htm"))
+    return name is not None and name.endswith((".html.j2", ".mjml.j2", ".html", ".htm"))
 
 
 class ConfinedLoader(jinja2.FileSystemLoader):
@@ -190,7 +191,7 @@ class TemplateFolder:
                 continue
             stem, lang, suffix = match.groups()
             part = "subject" if stem == "subject" else \
-                {"txt": "text", "html": "html", "md": "markdown"}[suffix]
+                {"txt": "text", "html": "html", "md": "markdown", "mjml": "mjml"}[suffix]
             if stem == "subject" and suffix != "txt":
                 continue
             found.setdefault(lang, {})[part] = f"{self.name}/{path.name}"
@@ -202,13 +203,13 @@ class TemplateFolder:
                 # Subject falls back on its own; bodies come all from one language.
                 if "subject" not in merged and "subject" in base:
                     merged["subject"] = base["subject"]
-                if not {"text", "html", "markdown"} & files.keys():
+                if not BODIES & files.keys():
                     merged.update({p: n for p, n in base.items() if p != "subject"})
             if "subject" not in merged:
                 middle = f".{lang}" if lang else ""
                 raise TemplateError(f"{self.folder}/subject{middle}.txt.j2: missing: "
                                     f"every template needs a subject")
-            if not {"text", "html", "markdown"} & merged.keys():
+            if not BODIES & merged.keys():
                 raise TemplateError(f"{self.folder}: no body for "
                                     f"{lang or 'the default language'}: add body.txt.j2, "
                                     f"body.html.j2 or body.md.j2")

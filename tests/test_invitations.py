@@ -406,3 +406,35 @@ def test_the_newsletter_text_part_is_text_and_the_unsubscribe_link_once(
     assert "Vennlig hilsen\nDigitaliseringsdirektoratet" in text  # the line break kept
     assert "Vennlig hilsen<br" in html
     assert html.count("https://example.org/avmeld?e=kari.nordmann%40example.org") == 1
+
+
+def test_an_mjml_template_becomes_table_html_clients_render(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Invitasjon til {{ name }}", body_mjml="""\
+<mjml lang="{{ lang }}">
+  <mj-head><mj-title>Invitasjon</mj-title></mj-head>
+  <mj-body background-color="#f3f5f7">
+    <mj-section background-color="#1e2b3c"><mj-column>
+      <mj-text color="#ffffff" font-size="20px">Digdir</mj-text>
+    </mj-column></mj-section>
+    <mj-section background-color="#ffffff"><mj-column>
+      <mj-text>Hei {{ name }} &amp; velkommen, {{ organisasjon }}!</mj-text>
+      <mj-button href="https://example.org/nokios" background-color="#0062ba">Meld deg på</mj-button>
+    </mj-column></mj-section>
+  </mj-body>
+</mjml>
+""")
+    listing = write(tmp_path / "l.csv", "navn;epost;organisasjon\n"
+                                        "Kari;kari@example.org;<b>NTNU</b>\n")
+    check = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
+    assert check.exit_code == 0 and "warning:" not in check.output  # clean for mail clients
+    msg = dry_run(root, "t", listing)[0]
+    html = msg.get_body(("html",)).get_content()
+    assert '<html lang="nb"' in html and "<table" in html
+    assert 'href="https://example.org/nokios"' in html and "Meld deg på" in html
+    assert "&lt;b&gt;NTNU&lt;/b&gt;" in html  # a value from the list stays text
+    text = msg.get_body(("plain",)).get_content()
+    assert "Hei Kari & velkommen" in text and "Meld deg på (https://example.org/nokios)" in text
+    (root / "t" / "body.mjml.j2").write_text("<mjml><mj-body><mj-section>")
+    broken = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
+    assert broken.exit_code == 65 and f"{root}/t/body.mjml.j2" in broken.output
