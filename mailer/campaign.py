@@ -31,7 +31,14 @@ from .calendar import (
 )
 from .errors import InputError, TemplateError, UsageProblem
 from .mailsafe import check_html
-from .message import Attachment, Invitation, MessageFactory, message_id, wire_form
+from .message import (
+    Attachment,
+    Invitation,
+    MessageFactory,
+    content_id,
+    message_id,
+    wire_form,
+)
 from .models import EventRun, Outgoing, Problem, Recipient
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .render import Renderer
@@ -144,13 +151,24 @@ class Campaign:
                 name = holder.relative_to(templates_dir).as_posix()
                 self.uid = self.event.stable_uid(name, domain)
                 self.sequence = self.event.sequence
+        inline: list[Attachment] = []
         self.templates = TemplateFolder(templates_dir, template, variables=variables,
                                         default_language=settings.language,
                                         extra=self._event_context())
+        logo = self.templates.logo()
+        if "logo_url" in variables:  # a logo on the web, by --var logo_url=https://...
+            self.templates.extra["logo"] = variables["logo_url"]
+        elif logo is not None:  # sent inline, so it shows without "load remote images"
+            image = self.store.given(logo)
+            inline.append(image)
+            self.templates.extra["logo"] = f"cid:{content_id(image.filename)}"
+        else:
+            self.templates.extra["logo"] = None
         self.renderer = Renderer(self.templates, settings.unsubscribe_url)
         if self.sender is not None:
             self.factory = MessageFactory(self.sender, settings.reply_to_mailbox,
-                                          unsubscribe_mailto=settings.unsubscribe_mailto)
+                                          unsubscribe_mailto=settings.unsubscribe_mailto,
+                                          inline=inline)
         self._compile_where()
 
     # Attachments -----------------------------------------------------------------------
@@ -246,7 +264,7 @@ class Campaign:
             if isinstance(item, Recipient):
                 yield item, item.address.key in self.suppressed
 
-    def check(self) -> CheckReport:
+    def check(self, *, mail_clients: bool = False) -> CheckReport:
         """Validate the whole list and (with a template) render every message once."""
         report = CheckReport(self.listing.display, matching=0 if self.where else None)
         items = self.listing.scan()
@@ -316,7 +334,8 @@ class Campaign:
                     report.warnings.append(str(Problem(
                         report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
                         True)))
-            if rendered.html is not None and rendered.lang not in report.languages:
+            if mail_clients and rendered.html is not None \
+                    and rendered.lang not in report.languages:
                 where = self.settings.templates_dir / (self.template or "")
                 report.warnings.extend(f"{where}: warning: {rendered.lang}: {problem}"
                                        for problem in check_html(rendered.html))

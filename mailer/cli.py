@@ -169,7 +169,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
                         suppress=suppress, need_sender=False, where=where, attach=attach,
                         attachments_dir=attachments_dir, sheet=sheet)
     read_journal(campaign, settings.journal)
-    report = campaign.check()
+    report = campaign.check(mail_clients=True)
     for line in (*report.errors, *report.warnings):
         click.echo(line)
     click.echo(report.summary())

@@ -185,6 +185,7 @@ class MessageFactory:
     reply_to: Mailbox | None = None
     attachments: Sequence[Attachment] = ()
     unsubscribe_mailto: str | None = None  # List-Unsubscribe: <mailto:…?subject=unsubscribe>
+    inline: Sequence[Attachment] = ()  # images the HTML shows as cid:NAME@mailer (a logo)
     # The same for every message: encoded once.
     _fixed: tuple[str, ...] = field(init=False, repr=False)
 
@@ -222,7 +223,7 @@ class MessageFactory:
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         headers.append("MIME-Version: 1.0")
         boundary = f"=_{msgid[1:17]}"
-        body = _body(rendered, boundary, [*self.attachments, *files], calendar)
+        body = _body(rendered, boundary, [*self.attachments, *files], calendar, self.inline)
         return (CRLF.join(headers) + CRLF + body).encode("ascii")
 
 
@@ -266,8 +267,21 @@ def _attachment(content_type: str, filename: str, encoded: str) -> str:
             f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{encoded}")
 
 
+def content_id(filename: str) -> str:
+    """The Content-ID of an inline image; the HTML refers to it as ``cid:`` + this."""
+    return f"{filename}@mailer"
+
+
+def _inline(image: Attachment) -> str:
+    name, disposition = _filename_params(image.filename)
+    return (f"Content-Type: {image.content_type}; {name}{CRLF}"
+            f"Content-Disposition: inline; {disposition}{CRLF}"
+            f"Content-ID: <{content_id(image.filename)}>{CRLF}"
+            f"Content-Transfer-Encoding: base64{CRLF}{CRLF}{image.encoded}")
+
+
 def _body(rendered: Rendered, boundary: str, attachments: Sequence[Attachment],
-          calendar: Invitation | None) -> str:
+          calendar: Invitation | None, inline: Sequence[Attachment] = ()) -> str:
     """The MIME tree. With an iTIP REQUEST or CANCEL (RFC 6047), the calendar object is the
     last alternative, ``text/calendar; method=…`` (as Outlook sends it and Gmail updates in
     place), and the same object is attached as a file for clients that show only files
@@ -277,7 +291,11 @@ def _body(rendered: Rendered, boundary: str, attachments: Sequence[Attachment],
     if rendered.text is not None:
         alternatives.append(_text_part("plain", rendered.text, rendered.lang))
     if rendered.html is not None:
-        alternatives.append(_text_part("html", rendered.html, rendered.lang))
+        html = _text_part("html", rendered.html, rendered.lang)
+        used = [i for i in inline if f"cid:{content_id(i.filename)}" in rendered.html]
+        if used:  # the images travel with the HTML only: text readers never see them
+            html = _multipart("related", f"{boundary}r", [html, *(_inline(i) for i in used)])
+        alternatives.append(html)
     files = [_attachment(a.content_type, a.filename, a.encoded) for a in attachments]
     if calendar is not None:
         encoded = _base64_lines(calendar.data)

@@ -100,7 +100,10 @@ class Renderer:
                 current = files["markdown"]
                 source = self._call(current, ctx)  # values escaped for Markdown
                 content = Markup(self._markdown(source))  # noqa: S704 - escaped by markdown-it
-                if "html" in files:
+                if "mjml" in files:
+                    current = files["mjml"]
+                    html = compile_mjml(self._call(current, dict(ctx, content=content)))
+                elif "html" in files:
                     current = files["html"]
                     html = self._call(current, dict(ctx, content=content))
                 else:

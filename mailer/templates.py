@@ -219,6 +219,21 @@ class TemplateFolder:
                                 f"subject.txt.j2 and body.txt.j2, body.html.j2 or body.md.j2")
         return variants
 
+    def logo(self) -> Path | None:
+        """``logo.png`` (or .jpg, .gif) in the template folder or the nearest folder above it
+        (a sub-template uses its parent's), inside the templates folder."""
+        root = os.path.realpath(self.templates_dir)
+        probe = self.folder
+        while True:
+            for suffix in (".png", ".jpg", ".jpeg", ".gif"):
+                path = probe / f"logo{suffix}"
+                real = os.path.realpath(path)
+                if path.is_file() and os.path.commonpath([real, root]) == root:
+                    return path
+            if os.path.realpath(probe) == root or probe == probe.parent:
+                return None
+            probe = probe.parent
+
     def variant_for(self, language: str | None) -> Variant | None:
         """The variant for a language, else the fallback; None when there is neither."""
         return self.variants.get(language) or self.variants.get(None)
@@ -298,7 +313,7 @@ class TemplateFolder:
         """``file:line: ...`` for each variable that no column, --var or built-in provides."""
         provided = set(self.env.globals) | set(self.extra)
         provided |= {"recipient", "email", "name", "language", "lang", "content", "update",
-                     "changes", "cancelled"}
+                     "changes", "cancelled", "logo"}
         provided |= {h for h in headers if top_level(h)}
         return [f"{where}:{line}: variable '{var}' is used but no column or --var "
                 f"provides it"
