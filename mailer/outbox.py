@@ -52,10 +52,14 @@ class Outbox:
     it. The next dry run deletes exactly those and nothing else; a folder that holds
     anything and has no manifest is not an outbox and is refused."""
 
-    def __init__(self, folder: Path, title: str, attachments: list[str]) -> None:
+    def __init__(self, folder: Path, title: str, attachments: list[str], *,
+                 sender: str = "", reply_to: str = "", event: dict[str, str] | None = None,
+                 images: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.title = title
         self.attachments = ", ".join(attachments)
+        self.sender, self.reply_to, self.event = sender, reply_to, event
+        self.images = images or {}  # cid:… → data: URI, so the page shows inline images
         self.count = 0
         self.kinds: dict[str, int] = {}  # invitation, update, cancellation, ... → messages
         self._page: IO[str] | None = None
@@ -118,7 +122,14 @@ class Outbox:
         except OSError as exc:
             raise TemporaryError(f"{self._index_tmp}: cannot write: {exc.strerror}") from None
 
-    def write(self, job: Outgoing) -> Path:
+    def _with_images(self, html_text: str) -> str:
+        for cid, uri in self.images.items():
+            html_text = html_text.replace(cid, uri)
+        return html_text
+
+    def write(self, job: Outgoing, search: str = "") -> Path:
+        """Write one message; ``search`` is what the page's search box finds it by (every
+        field of the guest's row)."""
         assert self._page is not None
         self.count += 1
         safe = _UNSAFE_NAME.sub("_", job.email)[:80]
@@ -135,18 +146,25 @@ class Outbox:
             raise TemporaryError(f"{path}: cannot write: {exc.strerror}") from None
         rendered = job.rendered if self.count <= PREVIEW_LIMIT else None
         to = f"{job.name} <{job.email}>" if job.name else job.email
+        event = None if self.event is None else dict(
+            self.event, method={"cancellation": "cancellation", "update": "update"}.get(
+                job.kind, "invitation"))
         payload = {
+            "from": self.sender, "reply_to": self.reply_to, "event": event,
             "to": to, "subject": job.subject, "file": path.name,
             "attachments": [{"name": n, "href": href} for n, href in job.files],
-            "html": rendered.html if rendered else None,
+            "html": self._with_images(rendered.html) if rendered and rendered.html else None,
             "text": rendered.text if rendered else
             f"Only the first {PREVIEW_LIMIT} messages are shown here: open {path.name}.",
         }
         esc = html.escape
+        words = " ".join([job.name, job.email, job.subject, search]).casefold()
         self._write(
-            f'<tr data-i="{self.count}" id="m{self.count}" aria-selected="false">'
+            f'<tr data-i="{self.count}" id="m{self.count}" aria-selected="false" '
+            f'data-lang="{esc(job.lang)}" data-q="{esc(words)}">'
             f"<td>{self.count}</td><td>{esc(job.name)}<br><small>{esc(job.email)}</small></td>"
-            f"<td>{esc(job.lang)}</td><td>{esc(job.subject)}</td>"
+            f'<td>{esc(job.lang)}</td><td class="subject" title="{esc(job.subject)}">'
+            f"{esc(job.subject)}</td>"
             f"<td>{esc(', '.join(filter(None, [self.attachments, *_links(job.files)])))}"
             f"{esc(_kind(job.kind))}</td></tr>\n"
             f'<script type="application/json" id="d{self.count}">{_script_json(payload)}'

@@ -119,7 +119,8 @@ class Renderer:
                     current = files["html"]
                     html = self._call(current, ctx)
             if html is not None:
-                html = inline_css(html)
+                if "mjml" not in files:  # MJML writes its styles inline already
+                    html = inline_css(html)
                 if text is None:
                     text = html_to_text(html)
         except Exception as exc:
@@ -142,7 +143,9 @@ def compile_mjml(source: str) -> str:
     import mjml
 
     try:
-        html: str = mjml.mjml2html(source)
+        # fonts={}: no web font is fetched when a message is opened (MRML links Google
+        # Fonts by default: a request to a third party for every reader).
+        html: str = mjml.mjml2html(source, fonts={})
     except Exception as exc:  # MRML raises its own error types with a message
         raise MjmlError(f"MJML: {exc}") from None
     return html

@@ -5,6 +5,7 @@ stages together."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from .address import Mailbox, check_address, is_loopback
 from .campaign import Campaign
 from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, ConfigError, InputError
 from .journal import CampaignLock, Journal
+from .message import content_id
 from .models import Outgoing, Recipient, Stats
 from .outbox import Outbox
 from .pool import NullRecorder, OutcomeHook, Recorder, SenderPool
@@ -109,19 +111,41 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
             campaign.use_version(*journal.event_version(
                 campaign.id, campaign.uid, campaign.event.shown(), campaign.event.fingerprint(),
                 campaign.event.sequence, write=False))
-        with Outbox(outbox, title, campaign.attachments) as box:
+        sender = campaign.settings.sender or ""
+        with Outbox(outbox, title, campaign.attachments, sender=sender,
+                    reply_to=campaign.settings.reply_to or "",
+                    event=_event_view(campaign), images=_images(campaign)) as box:
             for recipient, suppressed in campaign.recipients():
                 if suppressed or not campaign.matches(recipient):
                     continue
                 kind, held = _planned(campaign, journal, recipient)
                 if kind is not None:
                     box.write(campaign.build(recipient, keep_rendered=True, kind=kind,
-                                             held=held))
+                                             held=held), " ".join(recipient.row))
                     box.kinds[kind] = box.kinds.get(kind, 0) + 1
     finally:
         if journal is not None:
             journal.close()
     return box
+
+
+def _images(campaign: Campaign) -> dict[str, str]:
+    """The inline images (the logo) as data: URIs for the preview page."""
+    if campaign.factory is None:
+        return {}
+    return {f"cid:{content_id(image.filename)}":
+            f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
+            for image in campaign.factory.inline}
+
+
+def _event_view(campaign: Campaign) -> dict[str, str] | None:
+    """The event as a guest's calendar shows it, for the preview page."""
+    event = campaign.event
+    if event is None:
+        return None
+    when = f"{event.starts:%Y-%m-%d %H:%M}–{event.ends:%H:%M} ({event.timezone})"
+    return {"summary": event.summary, "when": when, "where": event.location or "",
+            "sequence": str(campaign.sequence)}
 
 
 def _planned(campaign: Campaign, journal: Journal | None, recipient: Recipient

@@ -19,6 +19,7 @@ from tests.conftest import (
     ENV,
     EXAMPLE,
     ROOT,
+    SENDER,
     Server,
     make_template,
     parse,
@@ -329,6 +330,48 @@ def test_preview_page_in_headless_chromium(templates: Path) -> None:
         text = browser.js("document.getElementById('text').textContent")
         assert "Dear Emma Larsen" in text and "<p>" not in text
         assert browser.js("document.getElementById('html').hidden") is True
+        assert browser.js("document.getElementById('m-from').textContent") == SENDER
+        assert 'src="data:image/png;base64,' in browser.js(  # the logo shows in the page
+            "document.getElementById('html').srcdoc")
+        assert browser.js("document.getElementById('m-event').textContent").startswith(
+            "invitation: Felles kompetanseløft for digital transformasjon, 2027-10-27 10:15")
+        visible = "[...document.querySelectorAll('#rows tr')].filter(r => !r.hidden).length"
+        typing = ("(() => {{ const s = document.getElementById('search'); s.value = '{}'; "
+                  "s.dispatchEvent(new Event('input')); }})()")
+        browser.js(typing.format("ntnu"))  # Åse's organisation
+        assert browser.js(visible) == 1
+        browser.js(typing.format(""))
+        browser.js("(() => { const l = document.getElementById('lang'); l.value = 'nn'; "
+                   "l.dispatchEvent(new Event('change')); })()")
+        assert browser.js(visible) == 2
+        browser.click("#show-html")
+        width = "document.getElementById('html').getBoundingClientRect().width"
+        assert browser.js(width) > 500
+        browser.click("#phone")
+        browser.wait(f"{width} === 390")
+        ellipsis = browser.js("getComputedStyle(document.querySelector('td.subject'))"
+                              ".textOverflow")
+        assert ellipsis == "ellipsis"
+    finally:
+        browser.close()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_preview_page_shows_a_hostile_name_as_text(tmp_path: Path, templates: Path) -> None:
+    from tests.browser import Browser
+
+    listing = write(tmp_path / "l.csv", "navn;epost\n"
+                    "<script>window.pwned = 1</script>Kari;kari@example.org\n")
+    root = tmp_path / "t2"
+    make_template(root, "t", subject_txt="Hei {{ name }}", body_html="<p>Hei {{ name }}</p>")
+    dry_run(root, "t", listing)
+    browser = Browser(Path("outbox/index.html").resolve().as_uri())
+    try:
+        browser.wait("document.readyState === 'complete'")
+        assert browser.js("window.pwned === undefined")
+        assert "<script>window.pwned = 1</script>Kari" in browser.js(
+            "document.querySelector('#rows tr').innerText")
+        assert "<script>" in browser.js("document.getElementById('m-to').textContent")
     finally:
         browser.close()
 
@@ -385,6 +428,7 @@ def test_the_shipped_invitation_looks_like_the_agency_sent_it(templates: Path,
     assert "– 27. oktober 2027" in heading or "– 27 October 2027" in heading
     assert 'href="https://example.org/nokios/kompetanseloft"' in html  # the button
     assert "Ingrid Haugen" in html  # a named contact
+    assert "googleapis" not in html and "<link" not in html  # no web font fetched on open
     assert html.count("avmeld?e=") == 1  # the unsubscribe link once, in the footer
     assert [p.get_filename() for p in msg.iter_attachments()] == ["invitasjon.ics"]
 
