@@ -502,3 +502,11 @@ def test_an_mjml_template_becomes_table_html_clients_render(tmp_path: Path) -> N
     (root / "t" / "body.mjml.j2").write_text("<mjml><mj-body><mj-section>")
     broken = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
     assert broken.exit_code == 65 and f"{root}/t/body.mjml.j2" in broken.output
+
+
+def test_a_logo_on_the_web_instead_of_the_inline_one(templates: Path) -> None:
+    msg = dry_run(templates, "invitasjon", EXAMPLE, ENV, "outbox", "--var",
+                  "logo_url=https://example.org/digdir-logo.png")[0]
+    html = msg.get_body(("html",)).get_content()
+    assert 'src="https://example.org/digdir-logo.png"' in html and "cid:" not in html
+    assert all(p.get_content_type() != "multipart/related" for p in msg.walk())
