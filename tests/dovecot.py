@@ -8,15 +8,13 @@ from __future__ import annotations
 import mailbox
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import trustme
 
+from tests.daemons import gone, listening, wait_until
 from tests.smtpserver import free_port
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -65,14 +63,6 @@ def available() -> bool:
     return os.path.exists(DOVECOT) and os.geteuid() == 0
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Dovecot: timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 class Dovecot:
     """``with Dovecot(ca) as imap:`` IMAPS on ``imap.imaps``, STARTTLS on ``imap.imap``;
     ``imap.deliver(bytes)`` puts a message into the user's INBOX."""
@@ -99,7 +89,7 @@ class Dovecot:
         with (self.root / "start.log").open("wb") as out:  # the daemon keeps what it gets
             subprocess.run([DOVECOT, "-c", str(self.root / "dovecot.conf")], check=True,
                            stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=60)
-        _wait(lambda: self._listening(self.imaps) and self._listening(self.imap),
+        wait_until(lambda: listening(self.imaps) and listening(self.imap),
               "IMAP to listen")
         self.master = int((self.root / "run" / "master.pid").read_text())
         return self
@@ -108,7 +98,7 @@ class Dovecot:
         subprocess.run(["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
                        check=False)
-        _wait(self._master_gone, "the master to stop")
+        wait_until(lambda: gone(self.master), "the master to stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _own(self) -> None:
@@ -119,16 +109,4 @@ class Dovecot:
         mailbox.Maildir(self.maildir, create=False).add(data)
         self._own()
 
-    def _listening(self, port: int) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
 
-    def _master_gone(self) -> bool:
-        try:
-            os.kill(self.master, 0)
-        except ProcessLookupError:
-            return True
-        return False

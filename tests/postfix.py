@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.daemons import gone, listening, wait_until
 from tests.smtpserver import free_port
 
 POSTFIX = "/usr/sbin/postfix"
@@ -67,15 +66,6 @@ def available() -> bool:
     return os.path.exists(POSTFIX) and os.geteuid() == 0
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll until ``predicate`` holds; the bound is a safety net, not an expectation."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Postfix: timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 class Postfix:
     """``with Postfix() as mx:`` smtpd on ``mx.port``; ``mx.log()`` is its log so far."""
 
@@ -93,37 +83,25 @@ class Postfix:
         (self.root / "data").mkdir()
         shutil.chown(self.root / "data", "postfix")
         self._postfix("start")
-        _wait(self._listening, "smtpd to listen")
+        wait_until(lambda: listening(self.port), "smtpd to listen")
         self.master = int((self.root / "queue" / "pid" / "master.pid").read_text())
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._postfix("stop")
-        _wait(self._master_gone, "the master to stop")
+        wait_until(lambda: gone(self.master), "the master to stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _master_gone(self) -> bool:
-        try:
-            os.kill(self.master, 0)
-        except ProcessLookupError:
-            return True
-        return False
 
     def _postfix(self, command: str) -> None:
         subprocess.run([POSTFIX, "-c", str(self.root), command], check=True,
                        capture_output=True, timeout=120)
 
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
 
     def log(self) -> str:
         path = self.root / "maillog"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_for_log(self, predicate: Callable[[str], bool], what: str) -> str:
-        _wait(lambda: predicate(self.log()), what)
+        wait_until(lambda: predicate(self.log()), what)
         return self.log()
