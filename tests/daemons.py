@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def wait_until(predicate: Callable[[], bool], what: str = "the event",
+               timeout: float = 60.0) -> None:
     """Poll until ``predicate`` holds; the bound is a safety net, not an expectation."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -9,7 +9,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Server, make_template, people, run, send, smtp_env, write
+from tests.daemons import wait_until as wait_for
 from tests.smtpserver import Recorder
 
 
@@ -207,14 +207,6 @@ def spawn(tpl: Path, path: Path, env: dict[str, str], *extra: str) -> subprocess
         [sys.executable, "-m", "mailer", "send", str(path), "--template", "t",
          "--templates-dir", str(tpl), "--retry-delay", "0.05", *extra],
         env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
 
 
 def slow_run_under_way(tpl: Path, path: Path, env: dict[str, str], handler: Recorder,
