@@ -367,7 +367,9 @@ def test_preview_page_shows_a_hostile_name_as_text(tmp_path: Path, templates: Pa
     dry_run(root, "t", listing)
     browser = Browser(Path("outbox/index.html").resolve().as_uri())
     try:
-        browser.wait("document.readyState === 'complete'")
+        # The preview's own content, not readyState: the blank page before it is complete too.
+        browser.wait("document.querySelectorAll('#rows tr').length === 1 && "
+                     "document.getElementById('m-to').textContent !== ''")
         assert browser.js("window.pwned === undefined")
         assert "<script>window.pwned = 1</script>Kari" in browser.js(
             "document.querySelector('#rows tr').innerText")
