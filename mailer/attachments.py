@@ -9,6 +9,7 @@ import mimetypes
 import os
 from pathlib import Path
 
+from .files import inside
 from .message import Attachment
 
 WARN_BYTES = 10 * 1024 * 1024  # a message over this is a warning
@@ -47,10 +48,10 @@ class AttachmentStore:
             if os.path.isabs(name) or name.startswith("~"):
                 raise AttachmentError(f"attachment {name!r}: an absolute path; name a file "
                                       f"inside {self.folder}")
-            real = Path(os.path.realpath(self.folder / name))
-            if os.path.commonpath([real, self.folder]) != str(self.folder):
+            if not inside(self.folder / name, self.folder):
                 raise AttachmentError(f"attachment {name!r} lies outside {self.folder}")
-            found.append(self._load(real, Path(name).name))
+            found.append(self._load(Path(os.path.realpath(self.folder / name)),
+                                    Path(name).name))
         return found
 
     def _load(self, real: Path, name: str) -> Attachment:

@@ -6,6 +6,9 @@ guest, RSVP=TRUE), the event's stable UID and the SEQUENCE the journal keeps. A 
 event (``status = "cancelled"``) goes out as ``METHOD:CANCEL``. ``method = "publish"`` is a
 plain calendar entry (no attendee, no answers).
 
+The iCalendar text is written here, not with icalendar: one object per guest, and
+icalendar's object model costs 2.3 ms to build and serialise one (85 µs here): 23 s instead
+of 0.85 s for 10,000 guests. The tests parse every object back with icalendar and vobject.
 The VTIMEZONE is written with yearly RRULEs for standard and daylight time, the form Outlook
 and Google write: a list of RDATEs (what icalendar makes) is read one hour wrong by some
 parsers (vobject reads 10:15 Europe/Oslo in October as +01:00).
@@ -29,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .address import Mailbox, mailbox_setting, parse_mailbox
 from .errors import InputError
+from .files import folders_up, inside
 
 EVENT_FILE = "event.toml"
 ICS_FILENAME = "invitasjon.ics"
@@ -303,17 +307,11 @@ def to_ics(event: Event, uid: str, sequence: int, method: str,
 def find_event(folder: Path, templates_dir: Path) -> tuple[Event, Path] | None:
     """The nearest ``event.toml`` from a template folder up to the templates folder, and
     the folder that holds it (a sub-template belongs to its parent's event)."""
-    root = Path(os.path.realpath(templates_dir))
-    probe = folder
-    while True:
+    for probe in folders_up(folder, templates_dir):
         event = load_event(probe, templates_dir)
         if event is not None:
             return event, probe
-        if Path(os.path.realpath(probe)) == root or probe == probe.parent:
-            return None
-        probe = probe.parent
-        if Path(os.path.realpath(probe)) == root:
-            return None
+    return None
 
 
 def load_event(folder: Path, templates_dir: Path) -> Event | None:
@@ -321,8 +319,7 @@ def load_event(folder: Path, templates_dir: Path) -> Event | None:
     path = folder / EVENT_FILE
     if not os.path.lexists(path):
         return None
-    real, root = os.path.realpath(path), os.path.realpath(templates_dir)
-    if os.path.commonpath([real, root]) != root:
+    if not inside(path, templates_dir):
         raise InputError(f"{path}: lies outside the templates folder (a symlink?)")
     if not path.is_file():
         raise InputError(f"{path}: not a file")

@@ -242,6 +242,17 @@ class Campaign:
             return None
         return EventRun(self.uid, self.sequence, self.event.cancelled, self.keeps_calendars)
 
+    def plan(self, state: str | None, held: int | None, retry_failed: bool = False
+             ) -> str | None:
+        """What a guest in journal ``state`` (None: not in the journal yet) who holds event
+        version ``held`` gets in this run, or None: the one rule behind a send's due list
+        (whose query only narrows it) and a dry run's plan."""
+        if state in ("suppressed", "bounced") or (state == "failed" and not retry_failed):
+            return None
+        if state == "sent" and not self.keeps_calendars:
+            return None  # sent once, as any campaign but the one that keeps calendars
+        return self.kind_for(held)
+
     def kind_for(self, held: int | None) -> str | None:
         """What a guest who holds version ``held`` (None: none) gets in this run, or None
         when there is nothing to send: the rules that keep every calendar up to date."""
@@ -353,13 +364,11 @@ class Campaign:
         context = self._event_context(kind, held) if self.event is not None else None
         rendered = self.renderer.render(recipient, context)
         mailbox = to or Mailbox(recipient.name, recipient.address)
-        msgid = message_id(self.id, recipient.address.key if to is None
+        # For an event, one Message-ID per version and kind: an update is a new message,
+        # a resend is not.
+        scope = self.id if self.event is None else f"{self.id}\x00{self.sequence}\x00{kind}"
+        msgid = message_id(scope, recipient.address.key if to is None
                            else f"test:{mailbox.address.key}", self.factory.domain)
-        if self.event is not None:
-            # One Message-ID per version: an update is a new message, a resend is not.
-            msgid = message_id(f"{self.id}\x00{self.sequence}\x00{kind}",
-                               recipient.address.key if to is None
-                               else f"test:{mailbox.address.key}", self.factory.domain)
         invitation = self._invitation(kind, mailbox)
         files = self.files_for(recipient)
         data = self.factory.build(rendered, mailbox, msgid, calendar=invitation, files=files)

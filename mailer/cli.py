@@ -372,8 +372,6 @@ def inbox(journal: Path | None, maildir: Path | None, mbox: Path | None, dry_run
     a hard bounce marks the guest bounced and suppresses the address for every later send,
     as does a message to MAILER_UNSUBSCRIBE_MAILTO. Each message is read once.
     """
-    import os as _os
-
     from . import inbox as reader
     from .journal import Journal
     from .settings import load_settings
@@ -382,14 +380,14 @@ def inbox(journal: Path | None, maildir: Path | None, mbox: Path | None, dry_run
         raise click.UsageError("give --maildir or --mbox, not both")
     settings = load_settings(journal=journal)
     if maildir is not None:
-        source, items = f"maildir:{_os.path.realpath(maildir)}", reader.maildir_items(maildir)
+        source, items = f"maildir:{os.path.realpath(maildir)}", reader.maildir_items(maildir)
     elif mbox is not None:
-        source, items = f"mbox:{_os.path.realpath(mbox)}", reader.mbox_items(mbox)
+        source, items = f"mbox:{os.path.realpath(mbox)}", reader.mbox_items(mbox)
     else:
         source, items = reader.imap_items(settings)
     with Journal(settings.journal, create=False) as db:
         tally = reader.read(db, source, items, unsubscribe_to=settings.unsubscribe_mailto,
-                            dry_run=dry_run, say=click.echo)
+                            dry_run=dry_run, say=click.echo, quiet=quiet)
     if not quiet or tally.unplaced:
         click.echo(tally.summary("dry run: nothing recorded" if dry_run else "recorded"))
 

@@ -47,3 +47,24 @@ def new_private_file(path: Path) -> int:
     """Create a new file with mode 0600; an OSError when anything (a file, a symlink) is
     already there. Returns a descriptor open for writing."""
     return open_private(path, os.O_WRONLY | os.O_EXCL)
+
+
+def inside(path: Path | str, root: Path | str) -> bool:
+    """Whether ``path``, symlinks and ``..`` resolved, lies in the folder ``root``: the one
+    check for every file named by untrusted input (templates, lists, event files)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, top]) == top
+
+
+def folders_up(folder: Path, root: Path) -> list[Path]:
+    """``folder`` and each folder above it, up to and including ``root`` (where a
+    sub-template looks for what it shares with its parent: the event, the logo)."""
+    top = os.path.realpath(root)
+    found = []
+    probe = folder
+    while inside(probe, top):
+        found.append(probe)
+        if os.path.realpath(probe) == top or probe == probe.parent:
+            break
+        probe = probe.parent
+    return found

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from pathlib import Path
-from typing import Any
 
 from .address import AddressError, check_address, is_loopback
 from .errors import ConfigError, InputError, TemporaryError
@@ -82,20 +81,22 @@ def _ident(data: bytes) -> str:
 
 
 def maildir_items(path: Path) -> Iterator[Item]:
-    """The messages of a Maildir (new and cur), read without touching a flag or a file."""
+    """The messages of a Maildir (new and cur), read without touching a flag or a file.
+    A folder that is not a Maildir is an InputError at once, before anything is read."""
     if not (path / "cur").is_dir() and not (path / "new").is_dir():
         raise InputError(f"{path}: not a Maildir (no cur/ or new/ folder)")
     box = mailbox.Maildir(path, factory=None, create=False)
-    for key in sorted(box.iterkeys()):
-        data = box.get_bytes(key)
-        yield Item(_ident(data), data)
+    return (Item(_ident(data), data) for data in map(box.get_bytes, sorted(box.iterkeys())))
 
 
 def mbox_items(path: Path) -> Iterator[Item]:
-    """The messages of an mbox file."""
+    """The messages of an mbox file (an InputError at once when there is none)."""
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
-    box = mailbox.mbox(path, factory=None, create=False)
+    return _mbox(mailbox.mbox(path, factory=None, create=False))
+
+
+def _mbox(box: mailbox.mbox) -> Iterator[Item]:
     try:
         for key in box.iterkeys():
             data = box.get_bytes(key)
@@ -277,20 +278,16 @@ class Tally:
         n_answers = sum(self.answers.values())
         answers = ", ".join(f"{count} {name}" for name, count in self.answers.items())
 
-        def plural(count: int, word: str) -> str:
-            return f"{count} {word}{'' if count == 1 else 's'}"
+        def plural(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
 
-        return (f"inbox: {self.read} read: {plural(n_answers, 'answer')} ({answers}), "
-                f"{plural(self.hard + self.soft, 'bounce')} ({self.hard} hard, {self.soft} "
-                f"soft), {plural(self.auto_replies, 'auto-reply').replace('replys', 'replies')}"
-                f", {plural(self.unsubscribes, 'unsubscribe')}, {self.other} other"
+        return (f"inbox: {self.read} read: {plural(n_answers, 'answer', 'answers')} "
+                f"({answers}), {plural(self.hard + self.soft, 'bounce', 'bounces')} "
+                f"({self.hard} hard, {self.soft} soft), "
+                f"{plural(self.auto_replies, 'auto-reply', 'auto-replies')}, "
+                f"{plural(self.unsubscribes, 'unsubscribe', 'unsubscribes')}, {self.other} other"
                 + (f", {len(self.unplaced)} not recorded (named above)" if self.unplaced else "")
                 + f" ({source})")
-
-
-def as_dict(finding: Finding) -> dict[str, Any]:
-    return {"kind": finding.kind, "answers": [a.__dict__ for a in finding.answers],
-            "bounces": [b.__dict__ for b in finding.bounces], "sender": finding.sender}
 
 
 # IMAP ----------------------------------------------------------------------------------
@@ -372,7 +369,7 @@ def _quote(folder: str) -> str:
 # One run of ``mailer inbox`` ------------------------------------------------------------
 
 def read(journal: Journal, source: str, items: Iterator[Item], *, unsubscribe_to: str | None,
-         dry_run: bool, say: Callable[[str], None]) -> Tally:
+         dry_run: bool, say: Callable[[str], None], quiet: bool = False) -> Tally:
     """Classify every message not read before and record what it says, in one
     transaction (rolled back by ``dry_run``, which only says what it would record)."""
     tally = Tally()
@@ -385,7 +382,7 @@ def read(journal: Journal, source: str, items: Iterator[Item], *, unsubscribe_to
             journal.mark_seen(source, item.ident)
             tally.read += 1
             finding = classify(item.data, unsubscribe_to)
-            _record(journal, finding, tally, dry_run, say)
+            _record(journal, finding, tally, dry_run, say, (lambda _: None) if quiet else say)
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -394,14 +391,16 @@ def read(journal: Journal, source: str, items: Iterator[Item], *, unsubscribe_to
 
 
 def _record(journal: Journal, finding: Finding, tally: Tally, dry_run: bool,
-            say: Callable[[str], None]) -> None:
+            say: Callable[[str], None], tell: Callable[[str], None]) -> None:
+    """Record one finding; ``say`` what needs a human (what could not be placed), ``tell``
+    the rest (silent with --quiet)."""
     would = "would record: " if dry_run else ""
     if finding.kind == "answer":
         for answer in finding.answers:
             if journal.record_answer(answer.uid, answer.email, answer.answer, answer.at):
                 tally.answers[answer.answer] += 1
                 if dry_run:
-                    say(f"{would}{answer.email} {answer.answer} ({answer.uid})")
+                    tell(f"{would}{answer.email} {answer.answer} ({answer.uid})")
             else:
                 tally.unplaced.append(answer.email)
                 say(f"not recorded: an answer from {answer.email} ({answer.answer}) to "
@@ -413,7 +412,7 @@ def _record(journal: Journal, finding: Finding, tally: Tally, dry_run: bool,
                 continue
             tally.hard += 1
             if journal.record_bounce(bounce.email, bounce.message_id, bounce.status):
-                say(f"{would}bounced: {bounce.email} ({bounce.status}); never mailed again")
+                tell(f"{would}bounced: {bounce.email} ({bounce.status}); never mailed again")
             else:
                 tally.unplaced.append(bounce.email)
                 say(f"not recorded: a bounce for {bounce.email} ({bounce.status}), whom "
@@ -423,6 +422,6 @@ def _record(journal: Journal, finding: Finding, tally: Tally, dry_run: bool,
     elif finding.kind == "unsubscribe" and finding.sender is not None:
         tally.unsubscribes += 1
         journal.suppress(finding.sender, finding.sender, "unsubscribe")
-        say(f"{would}unsubscribed: {finding.sender}; never mailed again")
+        tell(f"{would}unsubscribed: {finding.sender}; never mailed again")
     else:
         tally.other += 1

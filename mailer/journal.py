@@ -141,7 +141,7 @@ class Entry:
 
 @dataclass
 class DueList:
-    """Guests due in a run, by line: walk it beside the list with ``state_of``."""
+    """Guests due in a run, by line: walk it beside the list with ``find``."""
 
     lines: array[int] = field(default_factory=lambda: array("q"))
     keys: array[int] = field(default_factory=lambda: array("q"))
@@ -167,9 +167,6 @@ class DueList:
             return STATES[self.states[at]], None if held < 0 else held
         return None
 
-    def state_of(self, line: int, key: str) -> str | None:
-        found = self.find(line, key)
-        return None if found is None else found[0]
 
 
 class Journal:

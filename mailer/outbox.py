@@ -37,10 +37,6 @@ def _script_json(value: object) -> str:
 MANIFEST = ".mailer-outbox"
 
 
-def _links(files: tuple[tuple[str, str], ...]) -> list[str]:
-    return [name for name, _ in files]
-
-
 def _kind(kind: str) -> str:
     return "" if kind == "message" else f" ({kind})"
 
@@ -159,13 +155,14 @@ class Outbox:
         }
         esc = html.escape
         words = " ".join([job.name, job.email, job.subject, search]).casefold()
+        files = ", ".join(filter(None, [self.attachments, *(name for name, _ in job.files)]))
         self._write(
             f'<tr data-i="{self.count}" id="m{self.count}" aria-selected="false" '
             f'data-lang="{esc(job.lang)}" data-q="{esc(words)}">'
             f"<td>{self.count}</td><td>{esc(job.name)}<br><small>{esc(job.email)}</small></td>"
             f'<td>{esc(job.lang)}</td><td class="subject" title="{esc(job.subject)}">'
             f"{esc(job.subject)}</td>"
-            f"<td>{esc(', '.join(filter(None, [self.attachments, *_links(job.files)])))}"
+            f"<td>{esc(files)}"
             f"{esc(_kind(job.kind))}</td></tr>\n"
             f'<script type="application/json" id="d{self.count}">{_script_json(payload)}'
             f"</script>\n")

@@ -16,7 +16,7 @@ import click
 from .address import Mailbox, check_address, is_loopback
 from .campaign import Campaign
 from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, ConfigError, InputError
-from .journal import CampaignLock, Journal
+from .journal import STATES, CampaignLock, Journal
 from .message import content_id
 from .models import Outgoing, Recipient, Stats
 from .outbox import Outbox
@@ -154,11 +154,7 @@ def _planned(campaign: Campaign, journal: Journal | None, recipient: Recipient
     if campaign.event is None or journal is None:
         return campaign.kind_for(None), None
     state, held = journal.guest(campaign.id, recipient.address.key, campaign.uid)
-    if state == "sent" and not campaign.keeps_calendars:
-        return None, held
-    if state in ("failed", "suppressed"):
-        return None, held
-    return campaign.kind_for(held), held
+    return campaign.plan(state, held), held
 
 
 def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter) -> Stats:
@@ -264,7 +260,7 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
         if found is None:
             continue
         state, held = found
-        kind = campaign.kind_for(held)
+        kind = campaign.plan(state, held, options.retry_failed)
         if kind is None and key in options.only:
             kind = "invitation" if campaign.keeps_calendars else "reminder"
         if kind is not None:
@@ -312,14 +308,15 @@ def _remaining(campaign: Campaign, journal: Journal, options: SendOptions) -> in
                     or not _wanted(campaign, recipient, options):
                 continue
             found = due.find(recipient.line, recipient.address.key)
-            if found is not None and campaign.kind_for(found[1]) is not None:
+            if found is not None and campaign.plan(*found, options.retry_failed) is not None:
                 count += 1
         return count
     if campaign.event is None:
         return journal.remaining(campaign.id, options.retry_failed)
     due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
-    return sum(1 for held in due.held
-               if campaign.kind_for(None if held < 0 else held) is not None)
+    return sum(1 for state, held in zip(due.states, due.held, strict=True)
+               if campaign.plan(STATES[state], None if held < 0 else held,
+                                options.retry_failed) is not None)
 
 
 def _name_removed(removed: list[tuple[str, str, str]], options: SendOptions,

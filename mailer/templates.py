@@ -10,7 +10,6 @@ file outside the templates folder. Rendering per recipient is ``render``'s job.
 from __future__ import annotations
 
 import keyword
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 from .errors import TemplateError
+from .files import folders_up, inside
 
 _VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md|mjml)\.j2\Z")
 BODIES = {"text", "html", "markdown", "mjml"}
@@ -71,13 +71,12 @@ class ConfinedLoader(jinja2.FileSystemLoader):
 
     def __init__(self, root: Path) -> None:
         super().__init__(str(root), encoding="utf-8")
-        self.root = os.path.realpath(root)
+        self.root = root
 
     def get_source(self, environment: jinja2.Environment, template: str
                    ) -> tuple[str, str, Callable[[], bool]]:
         source, filename, uptodate = super().get_source(environment, template)
-        real = os.path.realpath(filename)
-        if os.path.commonpath([real, self.root]) != self.root:
+        if not inside(filename, self.root):
             raise jinja2.TemplateNotFound(f"{template} (it lies outside the templates folder)")
         return source, filename, uptodate
 
@@ -222,17 +221,12 @@ class TemplateFolder:
     def logo(self) -> Path | None:
         """``logo.png`` (or .jpg, .gif) in the template folder or the nearest folder above it
         (a sub-template uses its parent's), inside the templates folder."""
-        root = os.path.realpath(self.templates_dir)
-        probe = self.folder
-        while True:
+        for folder in folders_up(self.folder, self.templates_dir):
             for suffix in (".png", ".jpg", ".jpeg", ".gif"):
-                path = probe / f"logo{suffix}"
-                real = os.path.realpath(path)
-                if path.is_file() and os.path.commonpath([real, root]) == root:
+                path = folder / f"logo{suffix}"
+                if path.is_file() and inside(path, self.templates_dir):
                     return path
-            if os.path.realpath(probe) == root or probe == probe.parent:
-                return None
-            probe = probe.parent
+        return None
 
     def variant_for(self, language: str | None) -> Variant | None:
         """The variant for a language, else the fallback; None when there is neither."""

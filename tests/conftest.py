@@ -47,9 +47,10 @@ def tpl(tmp_path: Path) -> Path:
     return root
 
 
-def send(tpl: Path, listing: Path, env: dict[str, str], *extra: str) -> Result:
-    """``mailer send LISTING --template t`` with short retry delays."""
-    return run("send", str(listing), "--template", "t", "--templates-dir", str(tpl),
+def send(tpl: Path, listing: Path, env: dict[str, str], *extra: str,
+         template: str = "t") -> Result:
+    """``mailer send LISTING --template TEMPLATE`` with short retry delays."""
+    return run("send", str(listing), "--template", template, "--templates-dir", str(tpl),
                "--retry-delay", "0.05", *extra, env=env)
 
 
