@@ -39,10 +39,11 @@ from .message import (
     message_id,
     wire_form,
 )
-from .models import EventRun, Outgoing, Problem, Recipient
+from .models import EventRun, Outgoing, Problem, Recipient, Rendered
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .render import Renderer
 from .settings import Settings
+from .spool import Spool
 from .templates import TemplateFolder, describe_error, make_environment, top_level
 
 
@@ -275,8 +276,10 @@ class Campaign:
             if isinstance(item, Recipient):
                 yield item, item.address.key in self.suppressed
 
-    def check(self, *, mail_clients: bool = False) -> CheckReport:
-        """Validate the whole list and (with a template) render every message once."""
+    def check(self, *, mail_clients: bool = False, spool: Spool | None = None) -> CheckReport:
+        """Validate the whole list and (with a template) render every message once; with a
+        spool (a plain campaign, no event), build each message too and keep it there for
+        the send."""
         report = CheckReport(self.listing.display, matching=0 if self.where else None)
         items = self.listing.scan()
         first = next(items, None)  # reads the header row: the columns are known from here
@@ -315,6 +318,8 @@ class Campaign:
                                                     f"and the subject uses it")))
             if item.address.key in self.suppressed:
                 report.suppressed += 1
+                if spool is not None:
+                    spool.suppressed(item)
                 continue
             if self.where:
                 try:
@@ -345,6 +350,8 @@ class Campaign:
                     report.warnings.append(str(Problem(
                         report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
                         True)))
+            if spool is not None and not report.problems and not report.template_errors:
+                spool.put(self._assemble(item, rendered, "message"))  # no event: kind is known
             if mail_clients and rendered.html is not None \
                     and rendered.lang not in report.languages:
                 where = self.settings.templates_dir / (self.template or "")
@@ -363,6 +370,12 @@ class Campaign:
                         "cancellation" if self.event.cancelled else "invitation")
         context = self._event_context(kind, held) if self.event is not None else None
         rendered = self.renderer.render(recipient, context)
+        return self._assemble(recipient, rendered, kind, keep_rendered=keep_rendered, to=to)
+
+    def _assemble(self, recipient: Recipient, rendered: Rendered, kind: str, *,
+                  keep_rendered: bool = False, to: Mailbox | None = None) -> Outgoing:
+        """The message of one recipient from its rendered parts."""
+        assert self.factory is not None
         mailbox = to or Mailbox(recipient.name, recipient.address)
         # For an event, one Message-ID per version and kind: an update is a new message,
         # a resend is not.

@@ -503,6 +503,13 @@ class Journal:
     def campaigns(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM campaigns ORDER BY created, id")]
 
+    def started(self, campaign: str) -> bool:
+        """Whether any guest of the campaign is past ``queued`` (a run has sent, tried or
+        suppressed something)."""
+        row = self.db.execute("SELECT EXISTS (SELECT 1 FROM deliveries WHERE campaign = ? "
+                              "AND state != 'queued')", (campaign,)).fetchone()
+        return bool(row[0])
+
     def counts(self, campaign: str | None = None) -> dict[str, dict[str, int]]:
         """campaign → state → count (every state present, zeros included)."""
         result: dict[str, dict[str, int]] = {}
@@ -626,14 +633,9 @@ class Journal:
 
 
 class JournalRecorder:
-    """The sender's Recorder.
-
-    ``sending()`` commits the guest's mark before its transaction starts, and in the same
-    transaction every result queued since the last commit (its worker's previous one among
-    them). So no worker starts a transaction while its last 250 is unrecorded: after a
-    SIGKILL at most one delivered-but-unrecorded message per connection. Committing right
-    there costs no turn of the event loop; results of other workers ride along.
-    """
+    """The sender's Recorder: state changes are queued and committed together by
+    ``flush()``, which the pool calls before each transaction starts (a group commit for
+    the workers that are ready at once; see ``SenderPool._durable``)."""
 
     def __init__(self, journal: Journal, campaign: str) -> None:
         self.journal = journal
@@ -641,11 +643,6 @@ class JournalRecorder:
 
     def sending(self, message: Outgoing) -> None:
         self.journal.queue_sending(self.campaign, message.key, message.message_id)
-        try:
-            self.journal.flush()
-        except sqlite3.Error as exc:
-            raise TemporaryError(f"{self.journal.path}: cannot write the journal: "
-                                 f"{exc}") from None
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
                reply: str) -> None:
@@ -659,7 +656,11 @@ class JournalRecorder:
         self.journal.queue_revert(self.campaign, message.key, message.prior or "queued")
 
     def flush(self) -> None:
-        self.journal.flush()
+        try:
+            self.journal.flush()
+        except sqlite3.Error as exc:
+            raise TemporaryError(f"{self.journal.path}: cannot write the journal: "
+                                 f"{exc}") from None
 
 
 class CampaignLock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .pool import NullRecorder, OutcomeHook, Recorder, SenderPool
 from .report import Reporter
 from .settings import Settings
 from .smtp import SmtpConfig, helo_name
+from .spool import Spool
 
 
 @dataclass
@@ -70,20 +72,35 @@ def smtp_config(settings: Settings, sender_domain: str) -> SmtpConfig:
                       settings.messages_per_connection, settings.smtp_data_timeout)
 
 
-def read_journal(campaign: Campaign, journal_path: Path | None) -> None:
+def read_journal(campaign: Campaign, journal_path: Path | None) -> bool:
     """Give the campaign what the journal knows from the inbox (answers, bounces,
-    unsubscribes), when there is a journal; nothing is created or written."""
+    unsubscribes), when there is a journal; nothing is created or written. True when this
+    campaign has sent (or tried to send) to anyone before."""
     if journal_path is None or not journal_path.exists():
-        return
+        return False
     with Journal(journal_path, create=False) as journal:
         answers = {k: a for k, (a, _) in journal.answers_for(campaign.uid).items()} \
             if campaign.event is not None else {}
         campaign.use_journal(answers, journal.bounced_keys(), journal.suppressed_keys())
+        return journal.started(campaign.id)
 
 
-def check_or_fail(campaign: Campaign, reporter: Reporter) -> None:
+def _spool(campaign: Campaign, journal_path: Path, options: SendOptions,
+           started: bool) -> Spool | None:
+    """A spool when this run sends the whole list: the check pass's messages are kept
+    rather than rendered and built a second time (see spool.py)."""
+    if started or campaign.event is not None or campaign.where or options.only \
+            or options.max_messages is not None:
+        return None
+    try:
+        return Spool(journal_path.parent)
+    except OSError:
+        return None  # no room for it: every message is built again, as without one
+
+
+def check_or_fail(campaign: Campaign, reporter: Reporter, spool: Spool | None = None) -> None:
     """Validate the list and render every message; InputError (65) on any error."""
-    report = campaign.check()
+    report = campaign.check(spool=spool)
     if not reporter.quiet:
         for warning in report.warnings:
             reporter.line(warning)
@@ -200,12 +217,17 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
     """Deliver every message not yet delivered in this campaign."""
     assert campaign.sender is not None and campaign.template is not None
     result = Result(Stats())
-    with CampaignLock(journal_path, campaign.id):
-        read_journal(campaign, journal_path)
-        check_or_fail(campaign, reporter)
+    with CampaignLock(journal_path, campaign.id), \
+            contextlib.ExitStack() as stack:
+        started = read_journal(campaign, journal_path)
+        spool = _spool(campaign, journal_path, options, started)
+        if spool is not None:
+            stack.enter_context(spool)
+        check_or_fail(campaign, reporter, spool)
         _check_only(campaign, options)
         with Journal(journal_path) as journal:
             journal.sync(campaign.id, campaign.template, str(campaign.listing.path),
+                         spool.rows() if spool is not None and spool.complete else
                          ((r.address.key, r.email, r.name, r.line, s)
                           for r, s in campaign.recipients()))
             expired = journal.expire(campaign.id, options.retry_for)
@@ -231,7 +253,7 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                 reporter.start(min(todo, options.max_messages or todo))
                 try:
                     messages = _due(campaign, journal, options,
-                                    removed if options.cancel_removed else [])
+                                    removed if options.cancel_removed else [], spool)
                     result.stats = _deliver(pool, messages, reporter)
                 finally:
                     reporter.stop()
@@ -243,12 +265,24 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
 
 
 def _due(campaign: Campaign, journal: Journal, options: SendOptions,
-         removed: list[tuple[str, str, str]]) -> Iterator[Outgoing]:
+         removed: list[tuple[str, str, str]], spool: Spool | None = None
+         ) -> Iterator[Outgoing]:
     """The messages of the guests due in this run, built one at a time as the pool asks:
     for an event, each guest gets what brings their calendar up to date."""
     due = journal.due_list(campaign.id, options.retry_failed, campaign.event_run)
     bcc = campaign.settings.archive_bcc
     archive = check_address(bcc).ascii if bcc else None  # real sends only, never a test
+    if spool is not None and spool.complete:  # the whole list, built: read it from there
+        for record in spool.records():
+            found = due.find(record[0], record[1])
+            if found is None or len(record) == 4 \
+                    or campaign.plan(*found, options.retry_failed) is None:
+                continue
+            message = spool.message(record)
+            message.prior = found[0]
+            message.archive = archive
+            yield message
+        return
     for recipient, suppressed in campaign.recipients():
         if suppressed or not _wanted(campaign, recipient, options):
             continue
@@ -264,7 +298,8 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
         if kind is None and key in options.only:
             kind = "invitation" if campaign.keeps_calendars else "reminder"
         if kind is not None:
-            message = campaign.build(recipient, kind=kind, held=held)
+            message = (spool.take(recipient.line, key) if spool is not None else None) \
+                or campaign.build(recipient, kind=kind, held=held)
             message.prior = state
             message.archive = archive
             yield message
