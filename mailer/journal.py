@@ -192,6 +192,10 @@ class Journal:
             self.db.execute("PRAGMA page_size=1024")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # A checkpoint (WAL to the database, and fsync) every 8 MiB of WAL instead of
+            # every 1 MiB: a send commits a few pages per message, and each checkpoint cost
+            # it more than the commits in between (~15% of the journal's time).
+            self.db.execute("PRAGMA wal_autocheckpoint=8192")
             self.db.execute("PRAGMA busy_timeout=10000")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

@@ -94,12 +94,20 @@ def _qp(text: str) -> str:
 
 # RFC 2047 "Q" encoding, restricted to the characters allowed in a phrase (section 5(3)), so
 # the same words serve in Subject and in display names. "_" stands for a space.
-_Q_UNSAFE = re.compile(r"[^A-Za-z0-9!*+\-/ ]")
+_Q_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 _Q_OVERHEAD = len("=?utf-8?q??=")
 
 
-def _q_sub(match: re.Match[str]) -> str:
-    return "".join(f"={b:02X}" for b in match.group().encode("utf-8"))
+class _QTable(dict[int, str]):
+    """A character's Q form, for ``str.translate``: computed once per character."""
+
+    def __missing__(self, char: int) -> str:
+        form = "".join(f"={b:02X}" for b in chr(char).encode("utf-8", "replace"))
+        self[char] = form
+        return form
+
+
+_Q_TABLE = _QTable({ord(c): c for c in _Q_SAFE} | {ord(" "): "_"})
 
 
 def encoded_words(text: str, first_room: int) -> str:
@@ -109,7 +117,7 @@ def encoded_words(text: str, first_room: int) -> str:
     bytes of one character (before a UTF-8 continuation byte ``=8X``..``=BX``), and after a
     space where there is one (some parsers keep the folding space between two words).
     ``first_room`` is what the first line has left after the field name."""
-    encoded = _Q_UNSAFE.sub(_q_sub, text).replace(" ", "_")
+    encoded = text.translate(_Q_TABLE)
     room = max(first_room - _Q_OVERHEAD, 12)
     words: list[str] = []
     while len(encoded) > room:

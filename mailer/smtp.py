@@ -150,23 +150,36 @@ class ReplyQueue(asyncio.Protocol):
     # asyncio.Protocol ----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:end + 1])
-            del self._buffer[:end + 1]
-            text = line.decode("utf-8", "surrogateescape").rstrip("\r\n")
-            if len(text) < 3 or not text[:3].isdigit():
-                self._fail(f"malformed reply from the server: {text[:80]!r}")
+        buffer = self._buffer
+        buffer += data
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            if len(buffer) > 65536:
+                self._fail("reply line too long")
+            return
+        text = buffer[:end].decode("utf-8", "surrogateescape")
+        del buffer[:end + 1]
+        lines = self._lines
+        for line in text.split("\n"):
+            line = line.rstrip("\r")
+            code = line[:3]
+            if len(code) < 3 or not code.isdigit():
+                self._fail(f"malformed reply from the server: {line[:80]!r}")
                 return
-            self._lines.append(text[4:].strip())
-            if text[3:4] != "-":  # the last line of a reply
-                reply = Reply(int(text[:3]), "\n".join(self._lines))
-                self._lines = []
-                if self._waiting:
-                    future = self._waiting.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-        if len(self._buffer) > 65536:
+            if line[3:4] == "-":  # a line of a reply that goes on
+                lines.append(line[4:].strip())
+                continue
+            if lines:
+                lines.append(line[4:].strip())
+                reply = Reply(int(code), "\n".join(lines))
+                lines.clear()
+            else:
+                reply = Reply(int(code), line[4:].strip())
+            if self._waiting:
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        if len(buffer) > 65536:
             self._fail("reply line too long")
 
     def pause_writing(self) -> None:
