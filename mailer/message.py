@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import re
 import time
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote
 
 from .address import Mailbox
@@ -78,18 +80,22 @@ def _qp(text: str) -> str:
     """UTF-8 quoted-printable with CRLF line ends (every line ≤ 76 characters), encoded
     line by line (a whole text at once lets b2a_qp write 78 characters before an
     encoded trailing space)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     memo = _QP_LINES
-    encoded = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        done = memo.get(line)
-        if done is None:
+    lines = text.split("\n")
+    encoded = list(map(memo.get, lines))  # the lines seen before, at C speed
+    at = -1
+    with contextlib.suppress(ValueError):  # .index: no None left
+        while True:
+            at = encoded.index(None, at + 1)
+            line = lines[at]
             done = binascii.b2a_qp(line.encode("utf-8"), quotetabs=False, istext=True) \
                 .decode("ascii").replace("\n", CRLF)
             if len(memo) >= _QP_MEMO_SIZE:
                 memo.clear()
-            memo[line] = done
-        encoded.append(done)
-    return CRLF.join(encoded)
+            memo[line] = encoded[at] = done
+    return CRLF.join(cast(list[str], encoded))
 
 
 # RFC 2047 "Q" encoding, restricted to the characters allowed in a phrase (section 5(3)), so

@@ -1,7 +1,9 @@
 """Deliver many messages over N reused SMTP connections, on one event loop.
 
-A producer feeds a bounded queue from an iterator of messages; N worker coroutines each
-own one ``smtp.Connection`` (renewed after ``per_connection`` messages, a drop or a 421).
+N worker coroutines each own one ``smtp.Connection`` (renewed after ``per_connection``
+messages, a drop or a 421) and take the next message from an iterator that builds it as it
+is taken (no queue and no producer task between building and sending: two task switches
+less per message); retries whose wait is over come first.
 One rate limiter spaces the starts of all of them. Temporary failures (4xx, drops,
 timeouts) are retried with exponential backoff and jitter; permanent ones (5xx) are not.
 
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -87,11 +90,11 @@ class SenderPool:
         self.stopping = False
         self._stopped = asyncio.Event()
         self._fatal: BaseException | None = None
-        self._queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(
-            maxsize=max(16, 4 * concurrency))
-        self._capacity = asyncio.Semaphore(8 * concurrency + 16)  # messages alive at once
-        self._pending = 0
-        self._producer_done = False
+        self._messages: Iterator[Outgoing] = iter(())
+        self._exhausted = False  # nothing more comes from the iterator
+        self._ready: deque[Outgoing] = deque()  # retries whose wait is over
+        self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for work
+        self._pending = 0  # messages taken and without their outcome yet
         self._retry_tasks: set[asyncio.Task[None]] = set()
         self._transacting = 0  # workers waiting for the relay's replies
         self._reply_time = 0.0  # a moving average of a transaction's duration, seconds
@@ -112,7 +115,10 @@ class SenderPool:
             self.stats.stopped = why
             for task in self._retry_tasks:
                 task.cancel()
-            self._wake_all()
+            while self._ready:  # their retry will not come in this run
+                message = self._ready.popleft()
+                self._final(message, Outcome.DEFERRED, None, f"not retried: {why}")
+            self._wake(everyone=True)
 
     def _fail_run(self, error: BaseException) -> None:
         if self._fatal is None:
@@ -121,15 +127,12 @@ class SenderPool:
 
     async def run(self, messages: Iterator[Outgoing]) -> Stats:
         first = await connect(self.config)  # fail fast: unreachable, TLS, AUTH
-        producer = asyncio.create_task(self._produce(messages))
+        self._messages = messages
         workers = [asyncio.create_task(self._work(first if i == 0 else None))
                    for i in range(self.concurrency)]
         try:
             await asyncio.gather(*workers)
         finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
             for task in list(self._retry_tasks):
                 task.cancel()
             self.recorder.flush()
@@ -137,35 +140,50 @@ class SenderPool:
             raise self._fatal
         return self.stats
 
-    # Producer ----------------------------------------------------------------------
+    # Taking work -------------------------------------------------------------------
 
-    async def _produce(self, messages: Iterator[Outgoing]) -> None:
+    def _next(self) -> Outgoing | None:
+        """A retry whose wait is over, else the next message of the iterator (built as it
+        is taken: no queue between building and sending); None when there is none now."""
+        if self._ready:
+            return self._ready.popleft()
+        if self._exhausted or self.stopping:
+            return None
+        if self.max_messages is not None and self.produced >= self.max_messages:
+            self._exhausted = True
+            return None
         try:
-            for message in messages:
-                if self.stopping or (self.max_messages is not None
-                                     and self.produced >= self.max_messages):
-                    return
-                await self._capacity.acquire()
-                if self.stopping:
-                    self._capacity.release()
-                    return
-                self.produced += 1
-                self._pending += 1
-                await self._queue.put(message)
+            message = next(self._messages)
+        except StopIteration:
+            self._exhausted = True
+            return None
         except MailerError as exc:  # e.g. the list changed since it was checked
+            self._exhausted = True
             self._fail_run(exc)
-        finally:
-            self._producer_done = True
-            self._maybe_finish()
+            return None
+        self.produced += 1
+        self._pending += 1
+        return message
 
-    def _maybe_finish(self) -> None:
-        if (self._producer_done and self._pending == 0) or self.stopping:
-            self._wake_all()
+    async def _take(self) -> Outgoing | None:
+        """The next message for a worker; while others' messages may still come back for
+        a retry, an idle worker waits for them. None: nothing more for this worker."""
+        while True:
+            message = self._next()
+            if message is not None or self.stopping or self._pending == 0:
+                return message
+            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(idle)
+            await idle
 
-    def _wake_all(self) -> None:
-        for _ in range(self.concurrency):
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
+    def _wake(self, everyone: bool = False) -> None:
+        """Wake an idle worker (a retry is ready), or all of them (the run is over)."""
+        while self._idle:
+            idle = self._idle.popleft()
+            if not idle.done():
+                idle.set_result(None)
+                if not everyone:
+                    return
 
     # Workers -----------------------------------------------------------------------
 
@@ -173,13 +191,9 @@ class SenderPool:
         failures = 0  # consecutive failures to connect, for this worker
         try:
             while True:
-                message = await self._queue.get()
-                if message is None or self.stopping:
-                    if message is not None:
-                        self._release(message)
-                    if self.stopping or (self._producer_done and self._pending == 0):
-                        return
-                    continue
+                message = await self._take()
+                if message is None:
+                    return
                 await self.limiter.wait(self._sleep)
                 if self.stopping:  # stopped while waiting for a slot: not started
                     self._release(message)
@@ -334,7 +348,8 @@ class SenderPool:
                            reply: str) -> None:
         try:
             await asyncio.sleep(delay)
-            await self._queue.put(message)
+            self._ready.append(message)
+            self._wake()
         except asyncio.CancelledError:
             self._final(message, Outcome.DEFERRED, code, reply)
             raise
@@ -350,5 +365,5 @@ class SenderPool:
 
     def _release(self, message: Outgoing) -> None:
         self._pending -= 1
-        self._capacity.release()
-        self._maybe_finish()
+        if self._pending == 0 and (self._exhausted or self.stopping):
+            self._wake(everyone=True)
