@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .address import Mailbox
 from .attachments import (
@@ -20,14 +20,6 @@ from .attachments import (
     AttachmentError,
     AttachmentStore,
     encoded_size,
-)
-from .calendar import (
-    ICS_FILENAME,
-    Event,
-    EventContext,
-    changed_fields,
-    find_event,
-    to_ics,
 )
 from .errors import InputError, TemplateError, UsageProblem
 from .mailsafe import check_html
@@ -41,10 +33,14 @@ from .message import (
 )
 from .models import EventRun, Outgoing, Problem, Recipient, Rendered
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
-from .render import Renderer
 from .settings import Settings
 from .spool import Spool
-from .templates import TemplateFolder, describe_error, make_environment, top_level
+
+if TYPE_CHECKING:  # imported when a campaign has a template, or --where: a check of a
+    # list alone starts without Jinja and the event models
+    from .calendar import Event
+    from .render import Renderer
+    from .templates import TemplateFolder
 
 
 @dataclass
@@ -139,6 +135,10 @@ class Campaign:
         if template is None:
             self._compile_where()
             return
+        from .calendar import find_event
+        from .render import Renderer
+        from .templates import TemplateFolder
+
         templates_dir = settings.templates_dir
         folder = templates_dir / template
         if folder.is_dir():
@@ -184,7 +184,11 @@ class Campaign:
     # --where ---------------------------------------------------------------------------
 
     def _compile_where(self) -> None:
+        if not self.where_text:
+            return
         import jinja2
+
+        from .templates import make_environment
 
         env = self.templates.env if self.templates is not None else \
             make_environment(self.settings.templates_dir)
@@ -206,6 +210,8 @@ class Campaign:
         """Whether a guest passes every --where (always, without one)."""
         if not self.where:
             return True
+        from .templates import describe_error, top_level
+
         if self.renderer is not None:
             ctx = self.renderer.context(recipient, recipient.language or
                                         self.settings.language)
@@ -227,6 +233,8 @@ class Campaign:
         """``event``, ``update``, ``changes`` and ``cancelled`` for the templates."""
         if self.event is None:
             return {"event": None, "update": False, "changes": [], "cancelled": False}
+        from .calendar import EventContext, changed_fields
+
         old = self.versions.get(held) if held is not None else None
         changes = changed_fields(old, self.event.shown()) if kind == "update" else []
         return {"event": EventContext(self.event, self.sequence), "update": kind == "update",
@@ -400,12 +408,16 @@ class Campaign:
         event = self.event
         if event is None:
             return None
+        from .calendar import to_ics
+
         method = "CANCEL" if kind == "cancellation" else \
             "PUBLISH" if event.method == "publish" else "REQUEST"
         return Invitation(to_ics(event, self.uid, self.sequence, method, attendee), method)
 
     @property
     def attachments(self) -> list[str]:
+        from .calendar import ICS_FILENAME
+
         return [ICS_FILENAME] if self.event is not None else []  # the rest: per message
 
 

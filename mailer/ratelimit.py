@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -40,15 +39,20 @@ class RateLimiter:
     """
 
     def __init__(self, rate: float | None) -> None:
+        import asyncio  # here, not at the top: settings import parse_rate, and a check
+        # of a list alone need not load asyncio
+
         self.interval = 0.0 if rate is None else 1.0 / rate
         self._last = -float("inf")
         self._turn = asyncio.Lock()
+        self._sleep = asyncio.sleep
 
-    async def wait(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    async def wait(self, sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         """Return when the caller may start; ``sleep`` lets the caller cut the wait short
         (a graceful stop)."""
         if not self.interval:
             return
+        sleep = sleep or self._sleep
         async with self._turn:
             delay = self._last + self.interval - time.monotonic()
             if delay > 0:

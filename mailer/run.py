@@ -4,13 +4,12 @@ stages together."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,12 +19,15 @@ from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, ConfigError, InputErr
 from .journal import STATES, CampaignLock, Journal
 from .message import content_id
 from .models import Outgoing, Recipient, Stats
-from .outbox import Outbox
-from .pool import NullRecorder, OutcomeHook, Recorder, SenderPool
 from .report import Reporter
 from .settings import Settings
-from .smtp import SmtpConfig, helo_name
 from .spool import Spool
+
+if TYPE_CHECKING:  # imported where a run needs them: `validate` starts without asyncio
+    # and aiosmtplib
+    from .outbox import Outbox
+    from .pool import OutcomeHook, Recorder, SenderPool
+    from .smtp import SmtpConfig
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Result:
 
 def smtp_config(settings: Settings, sender_domain: str) -> SmtpConfig:
     """How to reach the relay; ConfigError for a login over plain text to another host."""
+    from .smtp import SmtpConfig, helo_name
+
     if settings.smtp_security == "none" and settings.smtp_username \
             and not is_loopback(settings.smtp_host):
         raise ConfigError(f"MAILER_SMTP_SECURITY is none and MAILER_SMTP_USERNAME is set: "
@@ -117,6 +121,8 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
     """Write what a send would send into ``outbox``. For an event, what each guest would
     get (invitation, update, cancellation) comes from the journal when there is one; it is
     read, never written."""
+    from .outbox import Outbox
+
     read_journal(campaign, journal_path)
     check_or_fail(campaign, reporter)
     title = f"{campaign.template} — {campaign.listing.display}"
@@ -177,6 +183,9 @@ def _planned(campaign: Campaign, journal: Journal | None, recipient: Recipient
 def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter) -> Stats:
     """Run the pool on one event loop (uvloop where installed). SIGTERM and SIGINT stop it
     gracefully: no new message starts, those in flight finish and are recorded."""
+    import asyncio
+    import signal
+
     async def main() -> Stats:
         loop = asyncio.get_running_loop()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -205,6 +214,8 @@ def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter)
 
 def _pool(campaign: Campaign, recorder: Recorder, options: SendOptions,
           on_outcome: OutcomeHook) -> SenderPool:
+    from .pool import SenderPool
+
     assert campaign.sender is not None
     return SenderPool(smtp_config(campaign.settings, campaign.sender.domain), recorder,
                       concurrency=options.concurrency, rate=options.rate,
@@ -383,6 +394,8 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
                          f"in the list")
     boxes = [Mailbox("", check_address(address)) for address in to]
     messages = [campaign.build(chosen, to=box) for box in boxes]
+    from .pool import NullRecorder
+
     pool = _pool(campaign, NullRecorder(), options, reporter.outcome)
     reporter.start(len(messages))
     try:
