@@ -7,6 +7,7 @@ list of 100,000 people is never held in memory, rendered or not.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -307,13 +308,17 @@ class Campaign:
                 f"started {self.event.starts:%Y-%m-%d %H:%M} ({self.event.timezone}): is "
                 f"event.toml up to date?")
         if first is not None:
-            items = _chain(first, items)
+            items = itertools.chain((first,), items)
+        suppressed = self.suppressed
+        own_files = self.listing.attachment_column is not None  # else: --attach files only
+        renderer = None if missing else self.renderer
+        rows = recipients = 0
         for item in items:
-            report.rows += 1
+            rows += 1
             if isinstance(item, Problem):
                 (report.warnings if item.warning else report.problems).append(str(item))
                 continue
-            report.recipients += 1
+            recipients += 1
             if item.language is not None and item.language not in known:
                 why = language_warning(item.language, known, default)
                 report.fallback += 1
@@ -324,7 +329,7 @@ class Campaign:
                         report.problems.append(str(Problem(
                             report.path, item.line, f"column '{column}' holds a line break "
                                                     f"and the subject uses it")))
-            if item.address.key in self.suppressed:
+            if item.address.key in suppressed:
                 report.suppressed += 1
                 if spool is not None:
                     spool.suppressed(item)
@@ -336,14 +341,14 @@ class Campaign:
                 except InputError as exc:
                     report.problems.append(str(exc))
             try:
-                files = self.files_for(item)
+                files = self.files_for(item) if own_files else self.common
             except AttachmentError as exc:
                 report.problems.append(str(Problem(report.path, item.line, str(exc))))
                 continue
-            if self.renderer is None or missing:
+            if renderer is None:
                 continue
             try:
-                rendered = self.renderer.render(item)
+                rendered = renderer.render(item)
             except TemplateError as exc:
                 text = str(exc).replace(f" (recipient on line {item.line})", "")
                 report.template_errors.setdefault(text, []).append(item.line)
@@ -366,6 +371,7 @@ class Campaign:
                 report.warnings.extend(f"{where}: warning: {rendered.lang}: {problem}"
                                        for problem in check_html(rendered.html))
             report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
+        report.rows, report.recipients = rows, recipients
         return report
 
     def build(self, recipient: Recipient, *, keep_rendered: bool = False,
@@ -419,9 +425,3 @@ class Campaign:
         from .calendar import ICS_FILENAME
 
         return [ICS_FILENAME] if self.event is not None else []  # the rest: per message
-
-
-def _chain(first: Recipient | Problem, rest: Iterator[Recipient | Problem]
-           ) -> Iterator[Recipient | Problem]:
-    yield first
-    yield from rest
