@@ -186,6 +186,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 100k memory/validate runs")
     args = parser.parse_args()
 
+    # mailer as installed: pip compiles a package's bytecode when it installs it; an editable
+    # install does not, and where PYTHONDONTWRITEBYTECODE is set (this machine sets it) every
+    # run would compile mailer's modules again (~0.15 s of each run).
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(HERE.parent / "mailer")], check=True)
     sink = smtp_sink()
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []

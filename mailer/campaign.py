@@ -1,8 +1,9 @@
 """A campaign: a recipient list, a template and the settings that turn them into messages.
 
 ``check()`` streams the whole list and renders every message once, keeping nothing but
-the problems; ``recipients()`` and ``build()`` stream it again to make the messages. A
-list of 100,000 people is never held in memory, rendered or not.
+the problems (or, given a spool, the built messages on disk: see spool.py);
+``recipients()`` and ``build()`` stream it again to make the messages. A list of 100,000
+people is never held in memory, rendered or not.
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ class Campaign:
                         report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
                         True)))
             if spool is not None and not report.problems and not report.template_errors:
-                spool.put(self._assemble(item, rendered, "message"))  # no event: kind is known
+                spool.put(self._assemble(item, rendered, "message", wire=False))  # no event
             if mail_clients and rendered.html is not None \
                     and rendered.lang not in report.languages:
                 where = self.settings.templates_dir / (self.template or "")
@@ -387,8 +388,10 @@ class Campaign:
         return self._assemble(recipient, rendered, kind, keep_rendered=keep_rendered, to=to)
 
     def _assemble(self, recipient: Recipient, rendered: Rendered, kind: str, *,
-                  keep_rendered: bool = False, to: Mailbox | None = None) -> Outgoing:
-        """The message of one recipient from its rendered parts."""
+                  keep_rendered: bool = False, to: Mailbox | None = None,
+                  wire: bool = True) -> Outgoing:
+        """The message of one recipient from its rendered parts (without ``wire``, not yet
+        dot-stuffed: for the spool, which makes it when the message is taken)."""
         assert self.factory is not None
         mailbox = to or Mailbox(recipient.name, recipient.address)
         # For an event, one Message-ID per version and kind: an update is a new message,
@@ -405,7 +408,8 @@ class Campaign:
                         email=mailbox.address.normalized, name=mailbox.name,
                         envelope_from=self.factory.sender.address.ascii,
                         envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
-                        wire=wire_form(data), subject=rendered.subject, lang=rendered.lang,
+                        wire=wire_form(data) if wire else b"", subject=rendered.subject,
+                        lang=rendered.lang,
                         rendered=rendered if keep_rendered else None, kind=kind, holds=holds,
                         files=tuple((a.filename, a.source.as_uri() if a.source else "")
                                     for a in files))

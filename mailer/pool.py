@@ -31,11 +31,14 @@ from .smtp import Connection, Lost, Refused, SmtpConfig, connect
 
 OutcomeHook = Callable[[Outgoing, Outcome, int | None, str], None]
 
-# Group commit: a worker whose next guest's mark is queued waits for the other workers'
-# replies, at most this long, when replies come fast (a relay on this machine or the LAN);
-# on a slower relay it commits at once, since then a commit is nothing beside the wait.
+# Group commit: while this process computes most of the time (the CPU, not the relay, sets
+# the pace), a worker whose next guest's mark is queued waits for the other workers'
+# replies, at most COMMIT_WAIT, so that one commit serves several. Otherwise (waiting for a
+# relay over the network) it commits at once: there a commit costs nothing beside the
+# replies, and a wait would only slow the run.
 COMMIT_WAIT = 0.002
-FAST_REPLY = 0.005
+BUSY = 0.5  # the share of wall time spent computing that counts as CPU-bound
+BUSY_WINDOW = 0.1  # seconds over which that share is measured
 
 
 class Recorder(Protocol):
@@ -97,7 +100,8 @@ class SenderPool:
         self._pending = 0  # messages taken and without their outcome yet
         self._retry_tasks: set[asyncio.Task[None]] = set()
         self._transacting = 0  # workers waiting for the relay's replies
-        self._reply_time = 0.0  # a moving average of a transaction's duration, seconds
+        self._busy = True  # CPU-bound over the last window (see BUSY); at first: a guess
+        self._window = (time.monotonic(), time.process_time())
         self._batch: asyncio.Future[None] | None = None  # the next group commit
         self._batch_timer: asyncio.TimerHandle | None = None
 
@@ -232,12 +236,12 @@ class SenderPool:
         """Queue the guest's ``sending`` mark and return once it is committed (False when
         the run stopped meanwhile: the mark is taken back and the message not started).
 
-        Marks and results of all workers share one commit (group commit): while others
-        wait for replies that come fast, the commit waits for them (COMMIT_WAIT at most),
-        so a fast relay costs one commit for several messages. The crash guarantee holds:
-        no worker starts a transaction before its previous result is committed."""
+        Marks and results of all workers share one commit (group commit): while the
+        process is CPU-bound and others wait for replies, the commit waits for them
+        (COMMIT_WAIT at most), so one commit serves several messages. The crash guarantee
+        holds: no worker starts a transaction before its previous result is committed."""
         self.recorder.sending(message)
-        if self._transacting == 0 or self._reply_time > FAST_REPLY:
+        if self._transacting == 0 or not self._cpu_bound():
             self._commit()
         else:
             batch = self._batch
@@ -251,6 +255,16 @@ class SenderPool:
             self._release(message)
             return False
         return True
+
+    def _cpu_bound(self) -> bool:
+        """Whether this process computed at least BUSY of the last window's wall time."""
+        start, cpu_start = self._window
+        now = time.monotonic()
+        if now - start >= BUSY_WINDOW:
+            cpu = time.process_time()
+            self._busy = cpu - cpu_start >= BUSY * (now - start)
+            self._window = (now, cpu)
+        return self._busy
 
     def _commit(self) -> None:
         """Commit everything queued; wake the workers waiting for it."""
@@ -275,13 +289,11 @@ class SenderPool:
     async def _send(self, conn: Connection, message: Outgoing) -> None:
         if not await self._durable(message):  # durable before the transaction starts
             return
-        started = time.monotonic()
         self._transacting += 1
         try:
             await self._transact(conn, message)
         finally:
             self._transacting -= 1
-            self._reply_time += (time.monotonic() - started - self._reply_time) / 8
             if self._batch is not None and self._transacting == 0:
                 # the last reply the batch waited for: commit once this worker has
                 # queued its next mark (or at once, when it has none)
