@@ -32,6 +32,7 @@ from .models import Outgoing, Recipient
 MAX_BYTES = 1 << 30  # a spool never grows past 1 GiB (nor past half the free space)
 LARGEST = 1 << 20  # a message over 1 MB (attachments) is built again rather than kept
 _CHUNK = 1 << 18  # bytes written or read at once
+_PIECES = 1000  # at most this many buffers to one writev (the system's limit is 1024)
 _LENGTH = struct.Struct("<I")
 
 Record = tuple[Any, ...]  # (line, key, email, name[, the message's other fields])
@@ -43,7 +44,8 @@ class Spool:
     def __init__(self, folder: Path, limit: int = MAX_BYTES) -> None:
         # Closed by __exit__: the spool lives for the whole run.
         self._file: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115
-            dir=folder, prefix=".mailer-spool-")
+            dir=folder, prefix=".mailer-spool-", buffering=0)
+        self._fd = self._file.fileno()
         try:
             stat = os.statvfs(folder)
             limit = min(limit, stat.f_bavail * stat.f_frsize // 2)
@@ -51,7 +53,8 @@ class Spool:
             pass
         self._limit = limit
         self._written = 0  # bytes in the file
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []  # records not yet written: one writev() for many
+        self._pending = 0  # their bytes
         self._taking: Iterator[Record] | None = None
         self._next: Record | None = None
         self.full = False  # a guest's record was left out (limit, size, the disk)
@@ -92,36 +95,38 @@ class Spool:
             self.full = True
             return False
         data = marshal.dumps(record)
-        if self._written + len(self._buffer) + len(data) + 4 > self._limit:
+        size = len(data) + 4
+        if self._written + self._pending + size > self._limit:
             self.full = True
             return False
-        self._buffer += _LENGTH.pack(len(data))
-        self._buffer += data
-        if len(self._buffer) >= _CHUNK:
+        self._pieces += (_LENGTH.pack(len(data)), data)
+        self._pending += size
+        if self._pending >= _CHUNK or len(self._pieces) >= _PIECES:
             self._flush()
         return True
 
     def _flush(self) -> None:
-        """Write the buffer; on a full disk keep what was written whole and stop there."""
-        if not self._buffer:
+        """Write the pieces (one writev, no copy into a buffer); on a full disk keep what
+        was written whole and stop there."""
+        if not self._pieces:
             return
         try:
-            self._file.write(self._buffer)
-            self._file.flush()
+            if os.writev(self._fd, self._pieces) != self._pending:
+                raise OSError("short write")
         except OSError:
             self.full = True
-            self._file.seek(self._written)
-            self._file.truncate()
+            os.ftruncate(self._fd, self._written)
         else:
-            self._written += len(self._buffer)
-        self._buffer.clear()
+            self._written += self._pending
+        self._pieces.clear()
+        self._pending = 0
 
     # Reading (the sync, the send) ------------------------------------------------------
 
     def records(self) -> Iterator[Record]:
         """Every record from the start, in list order (each call reads the file anew)."""
         self._flush()
-        fd = self._file.fileno()
+        fd = self._fd
         offset = 0
         buffer = b""
         at = 0

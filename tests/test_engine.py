@@ -7,6 +7,8 @@ from __future__ import annotations
 import email.utils
 import os
 import quopri
+import resource
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -78,6 +80,29 @@ def test_a_spool_at_its_limit_keeps_what_fits_and_says_it_is_not_complete(
     with Spool(tmp_path) as spool:
         spool.put(outgoing(1, size=spool_module.LARGEST + 1))  # attachments: built again
         assert not spool.complete and spool.kept == 0
+
+
+def test_a_spool_on_a_full_disk_keeps_the_records_written_whole(tmp_path: Path) -> None:
+    """Writes that fail (a file size limit stands in for a full disk: EFBIG) end the
+    spool at the last whole record; the messages after it are built again."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        with Spool(tmp_path) as spool:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, hard))
+            try:
+                for line in range(1, 30):
+                    spool.put(outgoing(line, size=100_000))  # a write every ~3 records
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            assert not spool.complete
+            kept = [r[0] for r in spool.records()]
+            assert kept == list(range(1, len(kept) + 1)) and 0 < len(kept) < 29
+            message = spool.take(kept[-1], f"p{kept[-1]}@example.org")
+            assert message is not None and len(message.data) > 100_000
+            assert spool.take(kept[-1] + 1, f"p{kept[-1] + 1}@example.org") is None
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
 
 
 def test_a_kept_message_gets_the_date_it_is_sent_and_nothing_else_changes() -> None:
