@@ -48,8 +48,12 @@ class Renderer:
         template = self.folder.compiled[name]
         env = template.environment
         try:
-            return env.concat(
-                template.root_render_func(template.new_context(ctx, shared=True)))
+            # The context as Template.new_context(ctx, shared=True) makes it, without the
+            # set of the template's globals it builds each time from a ChainMap (~4 us a
+            # part): ``ctx`` holds the globals already, and that set only lets a macro
+            # import see globals given to the importing template alone (none are).
+            context = env.context_class(env, ctx, template.name, template.blocks)
+            return env.concat(template.root_render_func(context))
         except Exception:
             env.handle_exception()
 
