@@ -23,7 +23,7 @@ from mailer.message import _qp, fresh_date
 from mailer.models import Outgoing, Recipient
 from mailer.run import SendOptions, _spool
 from mailer.spool import Spool
-from tests.conftest import Server, parse, people, send, smtp_env, write
+from tests.conftest import EXAMPLE, Server, parse, people, run, send, smtp_env, write
 from tests.daemons import wait_until
 from tests.test_journal import counts, spawn
 
@@ -230,3 +230,28 @@ def test_quoted_printable_round_trips_whatever_the_text(lines: list[str]) -> Non
         for line in encoded.split("\r\n"):
             assert len(line) <= 76 and not line.endswith((" ", "\t"))
         assert quopri.decodestring(encoded.encode()) == text.replace("\n", "\r\n").encode()
+
+
+def test_a_spooled_send_delivers_exactly_what_a_dry_run_builds(
+        tmp_path: Path, templates: Path, smtp: Server) -> None:
+    """The shipped newsletter (Markdown in MJML, an inline logo, three languages) sent from
+    the spool: byte for byte the message a dry run builds, but for its Date."""
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_UNSUBSCRIBE_URL="https://example.org/a?e={{ email }}")
+    args = ("send", str(EXAMPLE), "--template", "nyhetsbrev", "--templates-dir",
+            str(templates))
+    built = run(*args, "--dry-run", "--outbox", str(tmp_path / "outbox"), env=env)
+    assert built.exit_code == 0, built.output
+    sent = run(*args, "--journal", str(tmp_path / "j.sqlite3"), env=env)
+    assert sent.exit_code == 0, sent.output
+
+    def without_date(data: bytes) -> bytes:
+        head, _, rest = data.partition(b"\r\nDate: ")
+        return head + rest.partition(b"\r\n")[2]
+
+    expected = {parse(p)["To"].addresses[0].addr_spec: without_date(p.read_bytes())
+                for p in (tmp_path / "outbox").glob("*.eml")}
+    assert len(expected) == 7 and len(handler.messages) == 7
+    for received in handler.messages:
+        data = received.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        assert without_date(data) == expected[received.rcpt_tos[0]]
