@@ -365,7 +365,7 @@ class Campaign:
                         report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
                         True)))
             if spool is not None and not report.problems and not report.template_errors:
-                spool.put(self._assemble(item, rendered, "message", wire=False))  # no event
+                spool.put(self._assemble(item, rendered, "message", files, wire=False))
             if mail_clients and rendered.html is not None \
                     and rendered.lang not in report.languages:
                 where = self.settings.templates_dir / (self.template or "")
@@ -385,9 +385,11 @@ class Campaign:
                         "cancellation" if self.event.cancelled else "invitation")
         context = self._event_context(kind, held) if self.event is not None else None
         rendered = self.renderer.render(recipient, context)
-        return self._assemble(recipient, rendered, kind, keep_rendered=keep_rendered, to=to)
+        return self._assemble(recipient, rendered, kind, self.files_for(recipient),
+                              keep_rendered=keep_rendered, to=to)
 
-    def _assemble(self, recipient: Recipient, rendered: Rendered, kind: str, *,
+    def _assemble(self, recipient: Recipient, rendered: Rendered, kind: str,
+                  files: list[Attachment], *,
                   keep_rendered: bool = False, to: Mailbox | None = None,
                   wire: bool = True) -> Outgoing:
         """The message of one recipient from its rendered parts (without ``wire``, not yet
@@ -400,7 +402,6 @@ class Campaign:
         msgid = message_id(scope, recipient.address.key if to is None
                            else f"test:{mailbox.address.key}", self.factory.domain)
         invitation = self._invitation(kind, mailbox)
-        files = self.files_for(recipient)
         data = self.factory.build(rendered, mailbox, msgid, calendar=invitation, files=files)
         holds = None if self.event is None or to is not None else \
             (self.uid, self.sequence, kind == "cancellation")

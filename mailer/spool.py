@@ -59,7 +59,6 @@ class Spool:
         self._next: Record | None = None
         self.full = False  # a guest's record was left out (limit, size, the disk)
         self.kept = 0  # messages kept
-        self.taken = 0  # messages taken back
 
     def __enter__(self) -> Spool:
         return self
@@ -168,7 +167,6 @@ class Spool:
 
     def message(self, record: Record) -> Outgoing:
         """The message of a record (not a suppressed guest's), with a fresh Date."""
-        self.taken += 1
         data = fresh_date(record[7])
         return Outgoing(line=record[0], key=record[1], email=record[2], name=record[3],
                         envelope_from=record[4], envelope_to=record[5],

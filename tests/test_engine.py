@@ -10,6 +10,8 @@ import quopri
 import resource
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,7 +130,7 @@ def test_only_a_run_that_sends_the_whole_list_for_the_first_time_spools(
     campaign = Campaign(settings, listing, "t")
     made = _spool(campaign, journal, SendOptions(), started=False)
     assert made is not None
-    made.__exit__()
+    made.__exit__()  # closed: the spool's file goes with it
     assert _spool(campaign, journal, SendOptions(), started=True) is None  # a rerun
     assert _spool(campaign, journal, SendOptions(max_messages=1), started=False) is None
     assert _spool(campaign, journal, SendOptions(only=frozenset({"p1@example.org"})),
@@ -255,3 +257,19 @@ def test_a_spooled_send_delivers_exactly_what_a_dry_run_builds(
     for received in handler.messages:
         data = received.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         assert without_date(data) == expected[received.rcpt_tos[0]]
+
+
+def test_a_check_of_a_list_alone_starts_without_jinja_or_the_smtp_client(tmp_path: Path) -> None:
+    """`validate` of a list loads only what a check of the list needs (start-up is most
+    of a check of 100,000 rows)."""
+    listing = people(tmp_path, 3)
+    code = ("import sys\nfrom mailer.cli import main\n"
+            f"sys.argv = ['mailer', 'validate', {str(listing)!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"
+            "print(sorted(m for m in ('jinja2', 'aiosmtplib', 'mailer.pool', 'mailer.smtp',"
+            " 'mailer.calendar', 'mailer.render') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=60, check=True).stdout
+    assert "3 recipients" in out
+    assert out.strip().splitlines()[-1] == "[]"
