@@ -33,7 +33,7 @@ from .message import (
     message_id,
     wire_form,
 )
-from .models import EventRun, Outgoing, Problem, Recipient, Rendered
+from .models import EventRun, Outgoing, Plain, Problem, Recipient, Rendered
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .settings import Settings
 from .spool import Spool
@@ -291,7 +291,10 @@ class Campaign:
         spool (a plain campaign, no event), build each message too and keep it there for
         the send."""
         report = CheckReport(self.listing.display, matching=0 if self.where else None)
-        items = self.listing.scan()
+        # Without a template, a filter or a spool, a check needs no Recipient objects for
+        # plain rows: the list is read in bulk where it can be.
+        bulk = self.renderer is None and spool is None and not self.where
+        items = self.listing.scan(bulk=bulk)
         first = next(items, None)  # reads the header row: the columns are known from here
         missing: list[str] = []
         subject_uses: set[str] = set()
@@ -315,6 +318,18 @@ class Campaign:
         renderer = None if missing else self.renderer
         rows = recipients = 0
         for item in items:
+            if isinstance(item, Plain):
+                rows += len(item.keys)
+                recipients += len(item.keys)
+                report.suppressed += len(suppressed.intersection(item.keys))
+                if item.languages is not None and not known.issuperset(item.languages):
+                    for line, language in enumerate(item.languages, item.line):
+                        if language is not None and language not in known:
+                            report.fallback += 1
+                            report.warnings.append(str(Problem(
+                                report.path, line, str(language_warning(language, known,
+                                                                        default)), True)))
+                continue
             rows += 1
             if isinstance(item, Problem):
                 (report.warnings if item.warning else report.problems).append(str(item))

@@ -1,7 +1,7 @@
 """The types that cross stages, in one place: every stage imports this module and the
 stages below it, never one above (see the module list in README.md).
 
-recipients → Recipient, Problem; render → Rendered; campaign → Outgoing;
+recipients → Recipient, Plain, Problem; render → Rendered; campaign → Outgoing;
 smtp/pool → Outcome; journal and report → Stats.
 """
 
@@ -35,6 +35,17 @@ class Recipient:
         """Every column by its header (made when asked: a check of a list without a
         template never needs it)."""
         return dict(zip(self.headers, self.row, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """Valid, unique recipients on consecutive lines from ``line``, read in bulk (a check
+    that needs no Recipient objects): their identity keys and, when the list has a
+    language column, their languages."""
+
+    line: int
+    keys: list[str]
+    languages: list[str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
