@@ -188,24 +188,27 @@ class SeenAddresses:
 
     def first_line(self, key: str, line: int) -> int | None:
         """The line ``key`` was first seen on; None (and remembered) when it is new."""
-        found = self.add_all([key], line)
-        return found[0][1] if found else None
+        if 2 * (self._used + 1) > len(self._hashes):
+            self.reserve(1)
+        digest = hash(key) or 1  # 0 marks an empty slot
+        at = _slot(self._hashes, digest)
+        if self._hashes[at]:
+            return self._lines[at]
+        self._hashes[at] = digest
+        self._lines[at] = line
+        self._used += 1
+        return None
 
     def add_all(self, keys: list[str], line: int) -> list[tuple[int, int]]:
         """Remember ``keys``, seen on consecutive lines from ``line``. Return (index, first
         line) for each key seen before, which is not remembered again."""
         self.reserve(len(keys))
         seen: list[tuple[int, int]] = []
-        hashes, lines = self._hashes, self._lines
-        mask = len(hashes) - 1
+        hashes, lines, slot = self._hashes, self._lines, _slot
         for index, digest in enumerate(map(hash, keys)):
-            digest = digest or 1  # 0 marks an empty slot
-            at = digest & mask
-            found = hashes[at]
-            while found and found != digest:
-                at = (at + 1) & mask
-                found = hashes[at]
-            if found:
+            digest = digest or 1
+            at = slot(hashes, digest)
+            if hashes[at]:
                 seen.append((index, lines[at]))
             else:
                 hashes[at] = digest
@@ -223,14 +226,23 @@ class SeenAddresses:
         old_hashes, old_lines = self._hashes, self._lines
         self._hashes = hashes = array("q", bytes(8 * size))
         self._lines = lines = array("i", bytes(4 * size))
-        mask = size - 1
         for digest, line in zip(compress(old_hashes, old_hashes),
                                 compress(old_lines, old_hashes), strict=True):
-            at = digest & mask
-            while hashes[at]:
-                at = (at + 1) & mask
+            at = _slot(hashes, digest)
             hashes[at] = digest
             lines[at] = line
+
+
+def _slot(hashes: array[int], digest: int) -> int:
+    """Where ``digest`` is in an open-addressing table of a power-of-two size, or the empty
+    slot it goes to (linear probing)."""
+    mask = len(hashes) - 1
+    at = digest & mask
+    found = hashes[at]
+    while found and found != digest:
+        at = (at + 1) & mask
+        found = hashes[at]
+    return at
 
 
 @dataclass
