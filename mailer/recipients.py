@@ -105,12 +105,14 @@ def _encoding_problem(head: bytes) -> str | None:
 class _Feed:
     """A list file as blocks of whole lines (raw bytes, for the bulk path) or as text
     lines (LF, CRLF or CR alone, as Excel for Mac writes; for the csv reader), from one
-    binary stream: what one has taken, the other does not see."""
+    binary stream: what one has taken, the other does not see. ``size`` is the size of
+    the next block; a block given back with ``unread`` is read again, in blocks of the
+    size then set."""
 
     def __init__(self, handle: BinaryIO, size: int) -> None:
         self._handle = handle
-        self._size = size
-        self._rest = b""  # read, but after the last line end so far
+        self.size = size
+        self._rest = b""  # read, but not yet given out as a block
         self._pending: deque[str] = deque()  # text lines of a block not yet taken
 
     @property
@@ -119,23 +121,27 @@ class _Feed:
         return not self._pending
 
     def block(self) -> bytes | None:
-        """The next block of whole lines; None at the end of the file."""
+        """The next block of whole lines (about ``size`` bytes, more for a long line);
+        None at the end of the file."""
         if self._pending:
             text = "".join(self._pending)
             self._pending.clear()
             return text.encode("utf-8", "surrogateescape")
-        parts = [self._rest]
-        while chunk := self._handle.read(self._size):
-            # Cut after the last LF, else after a CR that is not the last byte (one that
-            # is could be half of a CRLF): a block never splits a line or a character.
-            cut = chunk.rfind(b"\n") + 1 or chunk.rfind(b"\r", 0, len(chunk) - 1) + 1
+        data = self._rest
+        while True:
+            cut = _cut(data, self.size) if len(data) >= self.size else 0
             if cut:
-                parts.append(chunk[:cut])
-                self._rest = chunk[cut:]
-                return b"".join(parts)
-            parts.append(chunk)
-        self._rest = b""
-        return b"".join(parts) or None
+                self._rest = data[cut:]
+                return data[:cut]
+            chunk = self._handle.read(max(self.size, len(data)))  # doubling for long lines
+            if not chunk:
+                self._rest = b""
+                return data or None
+            data += chunk
+
+    def unread(self, block: bytes) -> None:
+        """Give ``block`` back: the next blocks start with it."""
+        self._rest = block + self._rest
 
     def push(self, block: bytes) -> None:
         """Give the text lines of ``block`` to ``lines()``."""
@@ -152,6 +158,25 @@ class _Feed:
             if block is None:
                 return
             self.push(block)
+
+
+def _cut(data: bytes, size: int) -> int:
+    """Where a block of about ``size`` bytes of whole lines ends in ``data``: after its last
+    line end before ``size``, else after the first one; 0 when there is none yet. A block
+    never ends between a CR and its LF, or inside a character."""
+    last = len(data) - 1  # a CR as the last byte may be half of a CRLF: not an end yet
+    cut = data.rfind(b"\n", 0, size) + 1
+    at = -1 if cut else data.rfind(b"\r", 0, min(size, last))
+    if not cut and at < 0:
+        ends = [i for i in (data.find(b"\n", size), data.find(b"\r", size, last)) if i >= 0]
+        if not ends:
+            return 0
+        at = min(ends)
+        if data[at] == 0x0A:
+            return at + 1
+    if at >= 0:  # a CR: the block ends after it, or after the LF that follows it
+        cut = at + 2 if data[at + 1] == 0x0A else at + 1
+    return cut
 
 
 class _Lines:
@@ -315,6 +340,10 @@ class RecipientList:
                 return
             avoid = _NOT_PLAIN.replace(delimiter.encode(), b"")
             size = os.fstat(handle.fileno()).st_size
+            # A block with a row that is not plain is read again in blocks of 512 bytes (some
+            # 14 rows), growing again while they are plain: one typo in 2,000 rows then
+            # costs some 14 rows read record by record, not 2,000.
+            largest, smallest = self.block_size, max(1, self.block_size // 128)
             while (block := feed.block()) is not None:
                 if not seen.used:  # room for as many rows as the file holds lines like these
                     # (at most half a million: an estimate too high costs memory)
@@ -324,6 +353,11 @@ class RecipientList:
                 if taken:
                     lines.count += taken
                     yield from items
+                    feed.size = min(2 * feed.size, largest)
+                    continue
+                if feed.size > smallest:
+                    feed.unread(block)
+                    feed.size = smallest
                     continue
                 feed.push(block)  # record by record, to the end of the block's last record
                 if (yield from self._records(lines, shown, delimiter, seen,
@@ -345,9 +379,12 @@ class RecipientList:
         except UnicodeDecodeError:
             return 0, []
         if "\r" in text:
-            if text.count("\r") != text.count("\r\n"):
-                return 0, []  # a CR alone ends a line, or is in a field
-            text = text.replace("\r\n", "\n")
+            if "\n" not in text:
+                text = text.replace("\r", "\n")  # lines that end in CR alone
+            elif text.count("\r") == text.count("\r\n"):
+                text = text.replace("\r\n", "\n")
+            else:
+                return 0, []  # CR alone and LF both end lines here, or a CR is in a field
         rows = text.split("\n")
         if not rows[-1]:
             rows.pop()  # after the last line end

@@ -116,14 +116,28 @@ def test_a_list_read_in_bulk_says_what_it_says_record_by_record(
 @given(data=st.lists(st.sampled_from([b"a", b";", b'"', b"\n", b"\r", b"\r\n", b"\xc3\xb8",
                                       b"\xff", b"\xe2\x80\xa8", b"\x00"]),
                      max_size=80).map(b"".join),
-       block=st.integers(1, 20))
-def test_the_blocks_of_a_list_split_its_lines_as_python_reads_text(data: bytes,
-                                                                    block: int) -> None:
+       sizes=st.lists(st.integers(1, 20), min_size=1, max_size=10),
+       again=st.lists(st.booleans(), min_size=1, max_size=10))
+def test_the_blocks_of_a_list_split_its_lines_as_python_reads_text(
+        data: bytes, sizes: list[int], again: list[bool]) -> None:
     python = list(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8",
                                    errors="surrogateescape", newline=""))
-    assert list(_Feed(io.BytesIO(data), block).lines()) == python
-    feed, parts = _Feed(io.BytesIO(data), block), []
-    while (raw := feed.block()) is not None:
+    assert list(_Feed(io.BytesIO(data), sizes[0]).lines()) == python
+    # Blocks of changing sizes, some given back and read again in other sizes.
+    feed, parts, step, given_back = _Feed(io.BytesIO(data), sizes[0]), [], 0, False
+    while True:
+        step += 1
+        feed.size = sizes[step % len(sizes)]
+        raw = feed.block()
+        if raw is None:
+            break
+        if again[step % len(again)] and not given_back:
+            feed.unread(raw)
+            given_back = True
+            continue
+        given_back = False
+        lines = list(io.StringIO(raw.decode("utf-8", "surrogateescape"), newline=""))
+        assert len(raw) <= feed.size + 1 or len(lines) == 1  # longer: one long line
         parts.append(raw)
     assert b"".join(parts) == data
     assert all(raw.endswith((b"\n", b"\r")) for raw in parts[:-1])  # whole lines
