@@ -48,10 +48,10 @@ class AttachmentStore:
             if os.path.isabs(name) or name.startswith("~"):
                 raise AttachmentError(f"attachment {name!r}: an absolute path; name a file "
                                       f"inside {self.folder}")
-            if not inside(self.folder / name, self.folder):
+            real = Path(os.path.realpath(self.folder / name))
+            if not inside(real, self.folder):
                 raise AttachmentError(f"attachment {name!r} lies outside {self.folder}")
-            found.append(self._load(Path(os.path.realpath(self.folder / name)),
-                                    Path(name).name))
+            found.append(self._load(real, Path(name).name))
         return found
 
     def _load(self, real: Path, name: str) -> Attachment:
@@ -68,7 +68,7 @@ class AttachmentStore:
             raise AttachmentError(f"attachment {name!r}: cannot read it: "
                                   f"{exc.strerror}") from None
         self.reads += 1
-        attachment = Attachment(name, content_type(name), data, source=real)
+        attachment = Attachment(name, content_type(name), data, source=real.as_uri())
         if self._cached + len(data) <= _CACHE_BYTES:
             self._cache[str(real)] = attachment
             self._cached += len(data)

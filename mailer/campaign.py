@@ -317,28 +317,29 @@ class Campaign:
         own_files = self.listing.attachment_column is not None  # else: --attach files only
         renderer = None if missing else self.renderer
         rows = recipients = 0
+
+        def unknown_language(line: int, language: str | None) -> None:
+            why = language_warning(language, known, default)
+            if why is not None:
+                report.fallback += 1
+                report.warnings.append(str(Problem(report.path, line, why, True)))
+
         for item in items:
             if isinstance(item, Plain):
                 rows += len(item.keys)
                 recipients += len(item.keys)
                 report.suppressed += len(suppressed.intersection(item.keys))
-                if item.languages is not None and not known.issuperset(item.languages):
+                if item.languages is not None \
+                        and not known.issuperset(filter(None, item.languages)):
                     for line, language in enumerate(item.languages, item.line):
-                        if language is not None and language not in known:
-                            report.fallback += 1
-                            report.warnings.append(str(Problem(
-                                report.path, line, str(language_warning(language, known,
-                                                                        default)), True)))
+                        unknown_language(line, language)
                 continue
             rows += 1
             if isinstance(item, Problem):
                 (report.warnings if item.warning else report.problems).append(str(item))
                 continue
             recipients += 1
-            if item.language is not None and item.language not in known:
-                why = language_warning(item.language, known, default)
-                report.fallback += 1
-                report.warnings.append(str(Problem(report.path, item.line, str(why), True)))
+            unknown_language(item.line, item.language)
             if item.multiline:
                 for column in item.multiline:
                     if column in subject_uses:
@@ -370,7 +371,7 @@ class Campaign:
                 report.template_errors.setdefault(text, []).append(item.line)
                 continue
             size = encoded_size(files) + 2 * (len(rendered.text or "") + len(rendered.html or ""))
-            if size > MAX_BYTES or size > WARN_BYTES:
+            if size > WARN_BYTES:  # (MAX_BYTES is larger)
                 what = f"the message is about {size / 1024 / 1024:.1f} MB"
                 if size > MAX_BYTES:
                     report.problems.append(str(Problem(
@@ -427,8 +428,7 @@ class Campaign:
                         wire=wire_form(data) if wire else b"", subject=rendered.subject,
                         lang=rendered.lang,
                         rendered=rendered if keep_rendered else None, kind=kind, holds=holds,
-                        files=tuple((a.filename, a.source.as_uri() if a.source else "")
-                                    for a in files))
+                        files=tuple((a.filename, a.source) for a in files))
 
     def _invitation(self, kind: str, attendee: Mailbox) -> Invitation | None:
         event = self.event

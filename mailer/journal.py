@@ -168,7 +168,6 @@ class DueList:
         return None
 
 
-
 class Journal:
     """An open journal file. Use as a context manager."""
 

@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate
-from pathlib import Path
 from typing import cast
 from urllib.parse import quote
 
@@ -38,7 +37,7 @@ class Attachment:
     filename: str
     content_type: str  # with parameters, e.g. 'text/calendar; charset="utf-8"; method=PUBLISH'
     data: bytes
-    source: Path | None = None  # where it was read from (the preview page links to it)
+    source: str = ""  # the URI of the file it was read from (the preview page links to it)
     encoded: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -165,18 +165,13 @@ def _cut(data: bytes, size: int) -> int:
     line end before ``size``, else after the first one; 0 when there is none yet. A block
     never ends between a CR and its LF, or inside a character."""
     last = len(data) - 1  # a CR as the last byte may be half of a CRLF: not an end yet
-    cut = data.rfind(b"\n", 0, size) + 1
-    at = -1 if cut else data.rfind(b"\r", 0, min(size, last))
-    if not cut and at < 0:
-        ends = [i for i in (data.find(b"\n", size), data.find(b"\r", size, last)) if i >= 0]
-        if not ends:
+    at = max(data.rfind(b"\n", 0, size), data.rfind(b"\r", 0, min(size, last)))
+    if at < 0:
+        later = [i for i in (data.find(b"\n", size), data.find(b"\r", size, last)) if i >= 0]
+        if not later:
             return 0
-        at = min(ends)
-        if data[at] == 0x0A:
-            return at + 1
-    if at >= 0:  # a CR: the block ends after it, or after the LF that follows it
-        cut = at + 2 if data[at + 1] == 0x0A else at + 1
-    return cut
+        at = min(later)
+    return at + 2 if data[at] == 0x0D and data[at + 1] == 0x0A else at + 1
 
 
 class _Lines:
@@ -416,10 +411,8 @@ class RecipientList:
                                    None if languages is None else languages[start:index]))
             if index < count:
                 local, _, domain = values[0][index].rpartition("@")
-                items.append(Problem(shown, line + index, f"duplicate address "
-                                                          f"{local}@{domains[domain]} (first "
-                                                          f"on line {first}): skipped",
-                                     warning=True))
+                items.append(_duplicate(shown, line + index, f"{local}@{domains[domain]}",
+                                        first))
             start = index + 1
         return count, items
 
@@ -556,8 +549,7 @@ class RecipientList:
             return Problem(shown, line, f"invalid address {raw_email!r}: {exc}")
         first_line = seen.first_line(address.key, line)
         if first_line is not None:
-            return Problem(shown, line, f"duplicate address {address.normalized} "
-                                        f"(first on line {first_line}): skipped", warning=True)
+            return _duplicate(shown, line, address.normalized, first_line)
         return Recipient(
             line=line,
             address=address,
@@ -579,6 +571,11 @@ class RecipientList:
                                                           f"U+{ord(found.group()):04X}")
                 return Problem(shown, line, f"column '{header}' holds {what}")
         return Problem(shown, line, "a field holds a control character")
+
+
+def _duplicate(shown: str, line: int, address: str, first: int) -> Problem:
+    return Problem(shown, line, f"duplicate address {address} (first on line {first}): "
+                                f"skipped", warning=True)
 
 
 def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:

@@ -99,29 +99,24 @@ class Renderer:
         current = files["subject"]
         try:
             subject = _SPACE.sub(" ", self._call(current, ctx)).strip()
-            text = html = None
-            if "markdown" in files:
+            text = html = content = None
+            layout = ctx  # what the HTML or MJML body is rendered with
+            if "markdown" in files:  # the content of the layout; the text comes from it
                 current = files["markdown"]
                 source = self._call(current, ctx)  # values escaped for Markdown
                 content = Markup(self._markdown(source))  # noqa: S704 - escaped by markdown-it
-                if "mjml" in files:
-                    current = files["mjml"]
-                    html = compile_mjml(self._call(current, dict(ctx, content=content)))
-                elif "html" in files:
-                    current = files["html"]
-                    html = self._call(current, dict(ctx, content=content))
-                else:
-                    html = _default_layout(subject, content, lang)
-            else:
-                if "text" in files:
-                    current = files["text"]
-                    text = self._call(current, ctx)
-                if "mjml" in files:  # MJML: rendered by Jinja, then compiled to tables
-                    current = files["mjml"]
-                    html = compile_mjml(self._call(current, ctx))
-                elif "html" in files:
-                    current = files["html"]
-                    html = self._call(current, ctx)
+                layout = dict(ctx, content=content)
+            elif "text" in files:
+                current = files["text"]
+                text = self._call(current, ctx)
+            if "mjml" in files:  # MJML: rendered by Jinja, then compiled to tables
+                current = files["mjml"]
+                html = compile_mjml(self._call(current, layout))
+            elif "html" in files:
+                current = files["html"]
+                html = self._call(current, layout)
+            elif content is not None:
+                html = _default_layout(subject, content, lang)
             if html is not None:
                 if "mjml" not in files:  # MJML writes its styles inline already
                     html = inline_css(html)

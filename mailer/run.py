@@ -21,7 +21,7 @@ from .message import content_id
 from .models import Outgoing, Recipient, Stats
 from .report import Reporter
 from .settings import Settings
-from .spool import Spool
+from .spool import Spool, holds_message
 
 if TYPE_CHECKING:  # imported where a run needs them: `validate` starts without asyncio
     # and aiosmtplib
@@ -286,7 +286,7 @@ def _due(campaign: Campaign, journal: Journal, options: SendOptions,
     if spool is not None and spool.complete:  # the whole list, built: read it from there
         for record in spool.records():
             found = due.find(record[0], record[1])
-            if found is None or len(record) == 4 \
+            if found is None or not holds_message(record) \
                     or campaign.plan(*found, options.retry_failed) is None:
                 continue
             message = spool.message(record)

@@ -36,6 +36,12 @@ _PIECES = 1000  # at most this many buffers to one writev (the system's limit is
 _LENGTH = struct.Struct("<I")
 
 Record = tuple[Any, ...]  # (line, key, email, name[, the message's other fields])
+_GUEST_ONLY = 4  # the length of a suppressed guest's record: no message
+
+
+def holds_message(record: Record) -> bool:
+    """Whether a record holds a message (not only a suppressed guest's line)."""
+    return len(record) > _GUEST_ONLY
 
 
 class Spool:
@@ -57,8 +63,7 @@ class Spool:
         self._pending = 0  # their bytes
         self._taking: Iterator[Record] | None = None
         self._next: Record | None = None
-        self.full = False  # a guest's record was left out (limit, size, the disk)
-        self.kept = 0  # messages kept
+        self._full = False  # a guest's record was left out (limit, size, the disk)
 
     def __enter__(self) -> Spool:
         return self
@@ -68,41 +73,40 @@ class Spool:
 
     @property
     def complete(self) -> bool:
-        """Whether every guest of the list has its record (the list need not be read)."""
-        return not self.full
+        """Whether every guest of the list has its record (the list need not be read
+        again)."""
+        return not self._full
 
     # Writing (the check pass) ----------------------------------------------------------
 
     def put(self, message: Outgoing) -> None:
         """Keep a message the check pass built (in list order)."""
         if len(message.data) > LARGEST:
-            self.full = True
+            self._full = True
             return
-        if self._append((message.line, message.key, message.email, message.name,
-                         message.envelope_from, message.envelope_to, message.message_id,
-                         message.data, message.subject, message.lang, message.kind,
-                         message.files)):
-            self.kept += 1
+        self._append((message.line, message.key, message.email, message.name,
+                      message.envelope_from, message.envelope_to, message.message_id,
+                      message.data, message.subject, message.lang, message.kind,
+                      message.files))
 
     def suppressed(self, recipient: Recipient) -> None:
         """A guest of the list who is not sent anything (for the journal's sync)."""
         self._append((recipient.line, recipient.address.key, recipient.email,
                       recipient.name))
 
-    def _append(self, record: Record) -> bool:
-        if self.full or self._taking is not None:
-            self.full = True
-            return False
+    def _append(self, record: Record) -> None:
+        if self._full or self._taking is not None:
+            self._full = True
+            return
         data = marshal.dumps(record)
         size = len(data) + 4
         if self._written + self._pending + size > self._limit:
-            self.full = True
-            return False
+            self._full = True
+            return
         self._pieces += (_LENGTH.pack(len(data)), data)
         self._pending += size
         if self._pending >= _CHUNK or len(self._pieces) >= _PIECES:
             self._flush()
-        return True
 
     def _flush(self) -> None:
         """Write the pieces (one writev, no copy into a buffer); on a full disk keep what
@@ -113,7 +117,7 @@ class Spool:
             if os.writev(self._fd, self._pieces) != self._pending:
                 raise OSError("short write")
         except OSError:
-            self.full = True
+            self._full = True
             os.ftruncate(self._fd, self._written)
         else:
             self._written += self._pending
@@ -148,7 +152,7 @@ class Spool:
         """(key, email, name, line, suppressed) of every guest, as the journal's sync
         takes them (only when ``complete``)."""
         for record in self.records():
-            yield record[1], record[2], record[3], record[0], len(record) == 4
+            yield record[1], record[2], record[3], record[0], not holds_message(record)
 
     def take(self, line: int, key: str) -> Outgoing | None:
         """The kept message of the guest on ``line`` with address ``key``, with a fresh
@@ -157,7 +161,8 @@ class Spool:
         if self._taking is None:
             self._taking = self.records()
             self._next = next(self._taking, None)
-        while self._next is not None and (self._next[0] < line or len(self._next) == 4):
+        while self._next is not None and (self._next[0] < line
+                                          or not holds_message(self._next)):
             self._next = next(self._taking, None)
         found = self._next
         if found is None or found[0] != line or found[1] != key:

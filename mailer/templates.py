@@ -1,10 +1,11 @@
 """Templates: discovery (variants by language), the sandbox, the variable check.
 
 A template is a folder ``<templates-dir>/<NAME>/`` holding ``subject.txt.j2`` and at least
-one of ``body.txt.j2``, ``body.html.j2`` or ``body.md.j2``; each may have language variants
-such as ``subject.nn.txt.j2``. Templates are untrusted input: they run in Jinja2's
-immutable sandbox with strict undefined variables and HTML autoescaping, and never read a
-file outside the templates folder. Rendering per recipient is ``render``'s job.
+one of ``body.txt.j2``, ``body.html.j2``, ``body.mjml.j2`` or ``body.md.j2``; each may
+have language variants such as ``subject.nn.txt.j2``. Templates are untrusted input: they
+run in Jinja2's immutable sandbox with strict undefined variables and HTML autoescaping,
+and never read a file outside the templates folder. Rendering per recipient is
+``render``'s job.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .files import folders_up, inside
 
 _VARIANT = re.compile(r"(subject|body)\.(?:([a-z]{2,3})\.)?(txt|html|md|mjml)\.j2\Z")
 BODIES = {"text", "html", "markdown", "mjml"}
+_BODY_FILES = "body.txt.j2, body.html.j2, body.mjml.j2 or body.md.j2"
 
 MONTHS = {
     "nb": ["januar", "februar", "mars", "april", "mai", "juni", "juli", "august",
@@ -210,12 +212,11 @@ class TemplateFolder:
                                     f"every template needs a subject")
             if not BODIES & merged.keys():
                 raise TemplateError(f"{self.folder}: no body for "
-                                    f"{lang or 'the default language'}: add body.txt.j2, "
-                                    f"body.html.j2 or body.md.j2")
+                                    f"{lang or 'the default language'}: add {_BODY_FILES}")
             variants[lang] = Variant(lang, merged)
         if not variants:
             raise TemplateError(f"{self.folder}/subject.txt.j2: missing: a template needs "
-                                f"subject.txt.j2 and body.txt.j2, body.html.j2 or body.md.j2")
+                                f"subject.txt.j2 and {_BODY_FILES}")
         return variants
 
     def logo(self) -> Path | None:

@@ -73,6 +73,26 @@ def test_unknown_template_and_syntax_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_a_template_without_a_body_names_every_kind_of_body(tmp_path: Path) -> None:
+    root = simple(tmp_path)
+    path = write(tmp_path / "l.csv", "email\na@example.org\n")
+    folder = root / "uten"
+    folder.mkdir()
+    write(folder / "subject.txt.j2", "Hei")
+    write(folder / "body.nn.mjml.j2", "<mjml><mj-body></mj-body></mjml>")
+    result = run("validate", str(path), "--template", "uten", "--templates-dir", str(root))
+    assert result.exit_code == 65
+    assert f"{folder}: no body for the default language: add body.txt.j2, body.html.j2, " \
+           f"body.mjml.j2 or body.md.j2" in result.output
+    (folder / "subject.txt.j2").unlink()
+    (folder / "body.nn.mjml.j2").unlink()
+    write(folder / "notes.txt", "not a template file")
+    result = run("validate", str(path), "--template", "uten", "--templates-dir", str(root))
+    assert result.exit_code == 65
+    assert "a template needs subject.txt.j2 and body.txt.j2, body.html.j2, body.mjml.j2 or " \
+           "body.md.j2" in result.output
+
+
 def test_undefined_at_render_names_file_and_recipient_line(tmp_path: Path) -> None:
     root = simple(tmp_path, body_txt="Hei {{ recipient['Firma'] }}\n")
     path = write(tmp_path / "l.csv", "email\na@example.org\nb@example.org\n")
