@@ -1,15 +1,15 @@
 """A campaign: a recipient list, a template and the settings that turn them into messages.
 
-``check()`` streams the whole list and renders every message once, keeping nothing but
-the problems (or, given a spool, the built messages on disk: see spool.py);
-``recipients()`` and ``build()`` stream it again to make the messages. A list of 100,000
-people is never held in memory, rendered or not.
+``check()`` is the one pass over the list: it validates every row, renders every message
+once, asks the plan (``plan.Planner``) what each guest gets, and hands each guest to a
+visitor (the run puts their message into the queue). A list of 100,000 people is never
+held in memory, rendered or not, and never read twice.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,18 +31,22 @@ from .message import (
     MessageFactory,
     content_id,
     message_id,
-    wire_form,
 )
-from .models import EventRun, Outgoing, Plain, Problem, Recipient, Rendered
+from .models import Decision, EventRun, Kind, Outgoing, Plain, Problem, Recipient, Rendered
 from .recipients import KNOWN_LANGUAGES, RecipientList, language_warning, load_suppressions
 from .settings import Settings
-from .spool import Spool
 
 if TYPE_CHECKING:  # imported when a campaign has a template, or --where: a check of a
     # list alone starts without Jinja and the event models
     from .calendar import Event
+    from .plan import Knowledge, Planner
     from .render import Renderer
     from .templates import TemplateFolder
+
+
+# What the pass gives the run for each valid guest: the guest, the plan's word, the
+# rendered parts (None: suppressed, or no template) and the files attached.
+Visit = Callable[[Recipient, "Decision | None", "Rendered | None", "list[Attachment]"], None]
 
 
 @dataclass
@@ -97,8 +101,17 @@ class CheckReport:
 
 
 def default_campaign_id(template: str, recipients: Path) -> str:
-    """Template name + recipients file name, e.g. ``invitasjon:eksempel.csv``."""
-    return f"{template}:{recipients.name}"
+    """Template name + recipients file name, e.g. ``invitasjon:eksempel.csv``; for a list
+    on standard input or from a pipe (``<(…)``, whose name changes), ``invitasjon:stdin``."""
+    import stat
+
+    name = recipients.name
+    try:
+        if str(recipients) == "-" or not stat.S_ISREG(recipients.stat().st_mode):
+            name = "stdin"
+    except OSError:
+        pass
+    return f"{template}:{name}"
 
 
 class Campaign:
@@ -200,13 +213,15 @@ class Campaign:
             except jinja2.TemplateSyntaxError as exc:
                 raise UsageProblem(f"--where {text!r}: {exc.message}") from None
 
-    def use_journal(self, answers: dict[str, str], bounced: set[str],
-                    suppressed: set[str]) -> None:
-        """What the inbox recorded: answers to this campaign's event, bounced addresses,
-        and addresses never to mail again (bounces, unsubscribes)."""
-        self.answers = answers
-        self.bounced = bounced
-        self.suppressed = self.suppressed | suppressed
+    def use_knowledge(self, knowledge: Knowledge) -> None:
+        """What the journal knows: answers to this campaign's event, bounced addresses,
+        addresses never to mail again (bounces, unsubscribes), and the event version this
+        run sends."""
+        self.answers = knowledge.answers
+        self.bounced = knowledge.bounced
+        self.suppressed = self.suppressed | knowledge.suppressed
+        if knowledge.sequence is not None:
+            self.sequence, self.versions = knowledge.sequence, knowledge.versions
 
     def matches(self, recipient: Recipient) -> bool:
         """Whether a guest passes every --where (always, without one)."""
@@ -230,7 +245,7 @@ class Campaign:
 
     # The event ------------------------------------------------------------------------
 
-    def _event_context(self, kind: str = "invitation", held: int | None = None
+    def _event_context(self, kind: Kind = Kind.INVITATION, held: int | None = None
                        ) -> dict[str, Any]:
         """``event``, ``update``, ``changes`` and ``cancelled`` for the templates."""
         if self.event is None:
@@ -238,14 +253,10 @@ class Campaign:
         from .calendar import EventContext, changed_fields
 
         old = self.versions.get(held) if held is not None else None
-        changes = changed_fields(old, self.event.shown()) if kind == "update" else []
-        return {"event": EventContext(self.event, self.sequence), "update": kind == "update",
-                "changes": changes, "cancelled": kind == "cancellation"}
-
-    def use_version(self, sequence: int, versions: dict[int, dict[str, str]]) -> None:
-        """The SEQUENCE this run sends (from the journal) and every version's fields."""
-        self.sequence = sequence
-        self.versions = versions
+        changes = changed_fields(old, self.event.shown()) if kind is Kind.UPDATE else []
+        return {"event": EventContext(self.event, self.sequence),
+                "update": kind is Kind.UPDATE, "changes": changes,
+                "cancelled": kind is Kind.CANCELLATION}
 
     @property
     def event_run(self) -> EventRun | None:
@@ -253,47 +264,19 @@ class Campaign:
             return None
         return EventRun(self.uid, self.sequence, self.event.cancelled, self.keeps_calendars)
 
-    def plan(self, state: str | None, held: int | None, retry_failed: bool = False
-             ) -> str | None:
-        """What a guest in journal ``state`` (None: not in the journal yet) who holds event
-        version ``held`` gets in this run, or None: the one rule behind a send's due list
-        (whose query only narrows it) and a dry run's plan."""
-        if state in ("suppressed", "bounced") or (state == "failed" and not retry_failed):
-            return None
-        if state == "sent" and not self.keeps_calendars:
-            return None  # sent once, as any campaign but the one that keeps calendars
-        return self.kind_for(held)
-
-    def kind_for(self, held: int | None) -> str | None:
-        """What a guest who holds version ``held`` (None: none) gets in this run, or None
-        when there is nothing to send: the rules that keep every calendar up to date."""
-        event = self.event
-        if event is None:
-            return "message"
-        if event.cancelled:
-            return "cancellation" if held is not None else None
-        if held is None:
-            return "invitation"
-        if held < self.sequence:
-            return "update"
-        return None if self.keeps_calendars else "reminder"
-
     # Streaming the list ---------------------------------------------------------------
 
-    def recipients(self) -> Iterator[tuple[Recipient, bool]]:
-        """Every valid unique recipient with whether it is suppressed (call after check)."""
-        for item in self.listing.scan():
-            if isinstance(item, Recipient):
-                yield item, item.address.key in self.suppressed
-
-    def check(self, *, mail_clients: bool = False, spool: Spool | None = None) -> CheckReport:
-        """Validate the whole list and (with a template) render every message once; with a
-        spool (a plain campaign, no event), build each message too and keep it there for
-        the send."""
+    def check(self, *, mail_clients: bool = False, planner: Planner | None = None,
+              visit: Visit | None = None) -> CheckReport:
+        """The one pass over the list: validate every row and (with a template) render
+        every message, keeping nothing but the problems. With a ``planner``, ask it what
+        each guest gets (and render for that); ``visit`` is given every valid guest with
+        the plan's word, its rendered parts (None for a suppressed guest, or when there
+        is no template) and its files, while the list is read."""
         report = CheckReport(self.listing.display, matching=0 if self.where else None)
-        # Without a template, a filter or a spool, a check needs no Recipient objects for
-        # plain rows: the list is read in bulk where it can be.
-        bulk = self.renderer is None and spool is None and not self.where
+        # Without a template, a filter, a plan or a visitor, a check needs no Recipient
+        # objects for plain rows: the list is read in bulk where it can be.
+        bulk = self.renderer is None and planner is None and visit is None and not self.where
         items = self.listing.scan(bulk=bulk)
         first = next(items, None)  # reads the header row: the columns are known from here
         missing: list[str] = []
@@ -346,26 +329,36 @@ class Campaign:
                         report.problems.append(str(Problem(
                             report.path, item.line, f"column '{column}' holds a line break "
                                                     f"and the subject uses it")))
-            if item.address.key in suppressed:
-                report.suppressed += 1
-                if spool is not None:
-                    spool.suppressed(item)
-                continue
-            if self.where:
+            is_suppressed = item.address.key in suppressed
+            matches = True
+            if self.where and not is_suppressed:
                 try:
-                    if self.matches(item):
-                        report.matching = (report.matching or 0) + 1
+                    matches = self.matches(item)
                 except InputError as exc:
                     report.problems.append(str(exc))
+                report.matching = (report.matching or 0) + matches
+            decision = None if planner is None else \
+                planner.decide(item, suppressed=is_suppressed, matches=matches)
+            if is_suppressed:
+                report.suppressed += 1
+            if is_suppressed and (decision is None or decision.kind is None):
+                if visit is not None:  # the plan's rule decides; without a plan: nothing
+                    visit(item, decision, None, [])
+                continue
             try:
                 files = self.files_for(item) if own_files else self.common
             except AttachmentError as exc:
                 report.problems.append(str(Problem(report.path, item.line, str(exc))))
                 continue
             if renderer is None:
+                if visit is not None:
+                    visit(item, decision, None, files)
                 continue
+            kind = decision.kind if decision is not None else None
             try:
-                rendered = renderer.render(item)
+                rendered = renderer.render(item, None if self.event is None or kind is None
+                                           else self._event_context(kind, decision.held
+                                                                    if decision else None))
             except TemplateError as exc:
                 text = str(exc).replace(f" (recipient on line {item.line})", "")
                 report.template_errors.setdefault(text, []).append(item.line)
@@ -380,8 +373,8 @@ class Campaign:
                     report.warnings.append(str(Problem(
                         report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
                         True)))
-            if spool is not None and not report.problems and not report.template_errors:
-                spool.put(self._assemble(item, rendered, "message", files, wire=False))
+            if visit is not None and report.ok:  # after an error, only the check goes on
+                visit(item, decision, rendered, files)
             if mail_clients and rendered.html is not None \
                     and rendered.lang not in report.languages:
                 where = self.settings.templates_dir / (self.template or "")
@@ -391,25 +384,24 @@ class Campaign:
         report.rows, report.recipients = rows, recipients
         return report
 
-    def build(self, recipient: Recipient, *, keep_rendered: bool = False,
-              to: Mailbox | None = None, kind: str | None = None,
-              held: int | None = None) -> Outgoing:
-        """Render and build the message for one recipient (``to`` replaces the recipient
-        in the envelope and To header, for a test send); ``kind`` as ``kind_for`` said."""
-        assert self.factory is not None and self.renderer is not None
-        kind = kind or ("message" if self.event is None else
-                        "cancellation" if self.event.cancelled else "invitation")
+    def build(self, recipient: Recipient, kind: Kind | None = None, held: int | None = None,
+              *, to: Mailbox | None = None, keep_rendered: bool = False) -> Outgoing:
+        """Render and build the message of one guest: ``kind`` as the plan said (default:
+        what the campaign sends a new guest), ``held`` the event version their calendar
+        holds; ``to`` replaces the guest in the envelope and To header (a test send)."""
+        kind = kind or (Kind.MESSAGE if self.event is None else
+                        Kind.CANCELLATION if self.event.cancelled else Kind.INVITATION)
+        assert self.renderer is not None
         context = self._event_context(kind, held) if self.event is not None else None
         rendered = self.renderer.render(recipient, context)
-        return self._assemble(recipient, rendered, kind, self.files_for(recipient),
-                              keep_rendered=keep_rendered, to=to)
+        return self.assemble(recipient, rendered, kind, self.files_for(recipient),
+                             keep_rendered=keep_rendered, to=to)
 
-    def _assemble(self, recipient: Recipient, rendered: Rendered, kind: str,
-                  files: list[Attachment], *,
-                  keep_rendered: bool = False, to: Mailbox | None = None,
-                  wire: bool = True) -> Outgoing:
-        """The message of one recipient from its rendered parts (without ``wire``, not yet
-        dot-stuffed: for the spool, which makes it when the message is taken)."""
+    def assemble(self, recipient: Recipient, rendered: Rendered, kind: Kind,
+                 files: list[Attachment], *, keep_rendered: bool = False,
+                 to: Mailbox | None = None) -> Outgoing:
+        """The message of one guest from its rendered parts (not yet finished: the queue
+        gives it its Date and wire form when it leaves)."""
         assert self.factory is not None
         mailbox = to or Mailbox(recipient.name, recipient.address)
         # For an event, one Message-ID per version and kind: an update is a new message,
@@ -420,23 +412,22 @@ class Campaign:
         invitation = self._invitation(kind, mailbox)
         data = self.factory.build(rendered, mailbox, msgid, calendar=invitation, files=files)
         holds = None if self.event is None or to is not None else \
-            (self.uid, self.sequence, kind == "cancellation")
+            (self.uid, self.sequence, kind is Kind.CANCELLATION)
         return Outgoing(line=recipient.line, key=recipient.address.key,
                         email=mailbox.address.normalized, name=mailbox.name,
                         envelope_from=self.factory.sender.address.ascii,
                         envelope_to=mailbox.address.ascii, message_id=msgid, data=data,
-                        wire=wire_form(data) if wire else b"", subject=rendered.subject,
-                        lang=rendered.lang,
+                        wire=b"", subject=rendered.subject, lang=rendered.lang,
                         rendered=rendered if keep_rendered else None, kind=kind, holds=holds,
                         files=tuple((a.filename, a.source) for a in files))
 
-    def _invitation(self, kind: str, attendee: Mailbox) -> Invitation | None:
+    def _invitation(self, kind: Kind, attendee: Mailbox) -> Invitation | None:
         event = self.event
         if event is None:
             return None
         from .calendar import to_ics
 
-        method = "CANCEL" if kind == "cancellation" else \
+        method = "CANCEL" if kind is Kind.CANCELLATION else \
             "PUBLISH" if event.method == "publish" else "REQUEST"
         return Invitation(to_ics(event, self.uid, self.sequence, method, attendee), method)
 

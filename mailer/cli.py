@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import errno
-import json
 import os
 import signal
 import sqlite3
@@ -134,7 +132,7 @@ def template_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 RECIPIENTS = click.argument("recipients", type=click.Path(path_type=Path, exists=True,
-                                                           dir_okay=False))
+                                                           dir_okay=False, allow_dash=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -160,16 +158,13 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
              where: tuple[str, ...], attach: tuple[Path, ...],
              attachments_dir: Path | None, sheet: str | None) -> None:
     """Check a recipient list (and a template against it) without sending anything."""
-    from .campaign import Campaign
-    from .run import read_journal
+    from . import commands
     from .settings import load_settings
 
-    settings = load_settings(templates_dir=templates_dir)
-    campaign = Campaign(settings, recipients, template, variables=variables,
-                        suppress=suppress, need_sender=False, where=where, attach=attach,
-                        attachments_dir=attachments_dir, sheet=sheet)
-    read_journal(campaign, settings.journal)
-    report = campaign.check(mail_clients=True)
+    report = commands.validate(
+        recipients, template, settings=load_settings(templates_dir=templates_dir),
+        options=commands.ListOptions(variables, suppress, where, attach, attachments_dir,
+                                     sheet))
     for line in (*report.errors, *report.warnings):
         click.echo(line)
     click.echo(report.summary())
@@ -229,10 +224,10 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     The whole list is checked and every message rendered before anything is written
     or sent. Re-running the same campaign sends only to those not yet sent.
     """
-    from . import run as runs
+    from . import commands
     from .address import check_address
-    from .campaign import Campaign
     from .report import Reporter
+    from .run import SendOptions
     from .settings import load_settings
 
     if test_recipient and not test_to:
@@ -241,12 +236,17 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
                              concurrency=concurrency, rate_limit=rate_limit,
                              retries=retries, retry_delay=retry_delay,
                              retry_for=retry_for)
-    campaign = Campaign(settings, recipients, template, variables=variables,
-                        suppress=suppress, campaign_id=campaign_id, where=where, attach=attach,
-                        attachments_dir=attachments_dir, sheet=sheet)
+    lists = commands.ListOptions(variables, suppress, where, attach, attachments_dir, sheet,
+                                 campaign_id)
+    options = SendOptions(
+        concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
+        retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
+        retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed,
+        only=frozenset(check_address(address).key for address in only))
     reporter = Reporter(quiet=quiet)
     if dry_run:
-        box = runs.dry_run(campaign, outbox, reporter, settings.journal)
+        box = commands.dry_run(recipients, template, outbox, settings=settings, options=lists,
+                               send_options=options, reporter=reporter)
         if not quiet:
             kinds = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}"
                               for kind, n in box.kinds.items() if kind != "message")
@@ -256,15 +256,13 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
                        f"written to {outbox}/ (nothing sent); "
                        f"preview: {box.index.resolve().as_uri()}")
         return
-    options = runs.SendOptions(
-        concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
-        retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
-        retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed,
-        only=frozenset(check_address(address).key for address in only))
     if test_to:
-        result = runs.test_send(campaign, list(test_to), test_recipient, options, reporter)
+        result = commands.test_send(recipients, template, test_to, test_recipient,
+                                    settings=settings, options=lists, send_options=options,
+                                    reporter=reporter)
     else:
-        result = runs.send(campaign, settings.journal, options, reporter)
+        result = commands.send(recipients, template, settings=settings, options=lists,
+                               send_options=options, reporter=reporter)
     sys.exit(result.exit_code)
 
 
@@ -282,58 +280,15 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
 def status(journal: Path | None, campaign_id: str | None, fmt: str,
            output: Path | None) -> None:
     """Who got the message, who is waiting, who bounced."""
-    from .journal import STATES, Journal
+    from . import commands
     from .settings import load_settings
 
-    path = load_settings(journal=journal).journal
-    with Journal(path, create=False) as db:
-        if campaign_id is not None:
-            db.require_campaign(campaign_id)
-        counts = db.counts(campaign_id)
-        if fmt == "table":
-            width = max([len("campaign"), *(len(c) for c in counts)])
-            click.echo(f"{'campaign':<{width}}  " + "  ".join(f"{s:>10}" for s in STATES)
-                       + f"  {'total':>8}")
-            for cid, per_state in counts.items():
-                click.echo(f"{cid:<{width}}  "
-                           + "  ".join(f"{per_state[s]:>10}" for s in STATES)
-                           + f"  {sum(per_state.values()):>8}")
-            for cid in counts:
-                uid = db.event_of(cid)
-                if uid is not None:
-                    current, older = db.holder_counts(uid)
-                    click.echo(f"{cid}: event {uid}: {current} guests hold the current "
-                               f"version, {older} need an update")
-                    answers = db.answer_counts(cid) or {}
-                    click.echo(f"{cid}: answers: " + ", ".join(
-                        f"{count} {name}" for name, count in answers.items()))
-            return
-        fields = ["campaign", "email", "name", "line", "state", "attempts", "code", "reply",
-                  "message_id", "updated", "answer", "answered_at", "bounce"]
-        if fmt in ("xlsx", "excel-csv"):
-            from .sheets import write_excel_csv, write_workbook
-
-            rows = ([getattr(e, f) for f in fields] for e in db.entries(campaign_id))
-            if fmt == "excel-csv":
-                write_excel_csv(sys.stdout, fields, rows)
-                return
-            if output is None:
-                raise click.UsageError("--format xlsx needs --output FILE")
-            count = write_workbook(output, fields, rows)
-            click.echo(f"{count} guests written to {output}")
-            return
-        if fmt == "csv":
-            stdout = sys.stdout
-            writer = csv.writer(stdout, lineterminator="\n")
-            writer.writerow(fields)
-            for entry in db.entries(campaign_id):
-                writer.writerow([getattr(entry, f) for f in fields])
-            return
-        out = {"campaigns": [{"id": cid, "counts": per_state}
-                             for cid, per_state in counts.items()],
-               "recipients": [{f: getattr(e, f) for f in fields}
-                              for e in db.entries(campaign_id)]}
-        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    if fmt == "xlsx" and output is None:
+        raise click.UsageError("--format xlsx needs --output FILE")
+    count = commands.status(campaign_id, fmt, output=output,
+                            settings=load_settings(journal=journal))
+    if count is not None:
+        click.echo(f"{count} guests written to {output}")
 
 
 @cli.command()
@@ -343,15 +298,13 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str,
 @handle_errors
 def purge(campaign_id: str, journal: Path | None) -> None:
     """Delete a finished campaign's rows (names, addresses) and compact the journal."""
-    from .journal import CampaignLock, Journal
+    from . import commands
     from .settings import load_settings
 
-    path = load_settings(journal=journal).journal
-    with Journal(path, create=False) as db:
-        db.require_campaign(campaign_id)  # a typo must not look like a purge that worked
-        with CampaignLock(path, campaign_id):  # never under a running send's feet
-            deleted = db.purge(campaign_id)
-    click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from {path}")
+    settings = load_settings(journal=journal)
+    deleted = commands.purge(campaign_id, settings=settings)
+    click.echo(f"purged campaign {campaign_id!r}: {deleted} recipients deleted from "
+               f"{settings.journal}")
 
 
 @cli.command()
@@ -372,22 +325,13 @@ def inbox(journal: Path | None, maildir: Path | None, mbox: Path | None, dry_run
     a hard bounce marks the guest bounced and suppresses the address for every later send,
     as does a message to MAILER_UNSUBSCRIBE_MAILTO. Each message is read once.
     """
-    from . import inbox as reader
-    from .journal import Journal
+    from . import commands
     from .settings import load_settings
 
     if maildir is not None and mbox is not None:
         raise click.UsageError("give --maildir or --mbox, not both")
-    settings = load_settings(journal=journal)
-    if maildir is not None:
-        source, items = f"maildir:{os.path.realpath(maildir)}", reader.maildir_items(maildir)
-    elif mbox is not None:
-        source, items = f"mbox:{os.path.realpath(mbox)}", reader.mbox_items(mbox)
-    else:
-        source, items = reader.imap_items(settings)
-    with Journal(settings.journal, create=False) as db:
-        tally = reader.read(db, source, items, unsubscribe_to=settings.unsubscribe_mailto,
-                            dry_run=dry_run, say=click.echo, quiet=quiet)
+    tally = commands.read_inbox(maildir=maildir, mbox=mbox, dry_run=dry_run, quiet=quiet,
+                           say=click.echo, settings=load_settings(journal=journal))
     if not quiet or tally.unplaced:
         click.echo(tally.summary("dry run: nothing recorded" if dry_run else "recorded"))
 
@@ -399,22 +343,17 @@ def inbox(journal: Path | None, maildir: Path | None, mbox: Path | None, dry_run
 @handle_errors
 def forget(address: str, journal: Path | None) -> None:
     """Remove ADDRESS from everything in the journal (the right to erasure)."""
-    import contextlib
-
+    from . import commands
     from .address import AddressError, check_address
-    from .journal import CampaignLock, Journal
     from .settings import load_settings
 
     try:
         key = check_address(address).key
     except AddressError as exc:
         raise click.BadParameter(f"{address!r}: {exc}") from None
-    path = load_settings(journal=journal).journal
-    with Journal(path, create=False) as db, contextlib.ExitStack() as locks:
-        for campaign in db.campaigns():  # never under a running send's feet
-            locks.enter_context(CampaignLock(path, campaign))
-        deleted = db.forget(key)
-    click.echo(f"forgot {address}: {deleted} rows deleted from {path}")
+    settings = load_settings(journal=journal)
+    deleted = commands.forget(key, settings=settings)
+    click.echo(f"forgot {address}: {deleted} rows deleted from {settings.journal}")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -11,7 +11,6 @@ non-standard bounce recognised by flufl.bounce), an auto-reply, a calendar REPLY
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import hashlib
 import mailbox
@@ -23,10 +22,10 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from pathlib import Path
 
-from .address import AddressError, check_address, is_loopback
-from .errors import ConfigError, InputError, TemporaryError
+from .address import AddressError, check_address
+from .errors import InputError
 from .journal import Journal
-from .settings import Settings
+from .models import Item
 
 PARTSTATS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "tentative"}
 _AUTO_SUBJECT = re.compile(
@@ -59,14 +58,6 @@ class Finding:
     answers: list[Answer] = field(default_factory=list)
     bounces: list[Bounce] = field(default_factory=list)
     sender: str | None = None
-
-
-@dataclass(frozen=True)
-class Item:
-    """A message of a source: its identity there (so it is read once) and its bytes."""
-
-    ident: str
-    data: bytes
 
 
 # Sources ---------------------------------------------------------------------------------
@@ -288,82 +279,6 @@ class Tally:
                 f"{plural(self.unsubscribes, 'unsubscribe', 'unsubscribes')}, {self.other} other"
                 + (f", {len(self.unplaced)} not recorded (named above)" if self.unplaced else "")
                 + f" ({source})")
-
-
-# IMAP ----------------------------------------------------------------------------------
-
-def imap_items(settings: Settings) -> tuple[str, Iterator[Item]]:
-    """(source name, messages) of the IMAP folder in the settings: opened with EXAMINE
-    (read-only) and fetched with BODY.PEEK, so no flag changes. The source name holds
-    UIDVALIDITY: when the server renumbers the folder, its messages are read anew (and
-    those already counted are recognised by the journal's answers replacing themselves)."""
-    import imaplib
-    import ssl
-
-    host, port, security = settings.imap_host, settings.imap_port, settings.imap_security
-    if host is None:
-        raise ConfigError("MAILER_IMAP_HOST is not set: give the organiser's IMAP server, "
-                          "or read a local copy with --maildir or --mbox")
-    where = f"{host}:{port}"
-    user = settings.imap_username
-    if security == "none" and user and not is_loopback(host):
-        raise ConfigError(f"MAILER_IMAP_SECURITY is none: refusing to send the IMAP "
-                          f"password in plain text to {host} (use tls or starttls)")
-    context = ssl.create_default_context()
-    try:
-        if security == "tls":
-            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(host, port, ssl_context=context,
-                                                    timeout=settings.smtp_timeout)
-        else:
-            conn = imaplib.IMAP4(host, port, timeout=settings.smtp_timeout)
-            if security == "starttls":
-                if "STARTTLS" not in conn.capabilities:
-                    raise ConfigError(f"{where} does not offer STARTTLS and "
-                                      f"MAILER_IMAP_SECURITY is starttls: refusing plain text")
-                conn.starttls(ssl_context=context)
-    except ssl.SSLError as exc:
-        raise ConfigError(f"TLS with IMAP server {where} failed: "
-                          f"{exc.reason or exc}") from None
-    except (OSError, imaplib.IMAP4.error) as exc:
-        raise TemporaryError(f"cannot reach IMAP server {where}: {exc}") from None
-    password = settings.imap_password.get_secret_value() if settings.imap_password else ""
-    try:
-        if user:
-            conn.login(user, password)
-        status, _ = conn.select(_quote(settings.imap_folder), readonly=True)  # EXAMINE
-        if status != "OK":
-            raise ConfigError(f"{where}: no folder {settings.imap_folder!r}")
-        validity = (conn.response("UIDVALIDITY")[1] or [b"0"])[0]
-        status, found = conn.uid("SEARCH", "ALL")
-    except imaplib.IMAP4.error as exc:
-        conn.logout()
-        text = str(exc).replace(password, "***") if password else str(exc)
-        raise ConfigError(f"IMAP login or folder at {where} failed for user {user!r}: "
-                          f"{text}") from None
-    except OSError as exc:
-        raise TemporaryError(f"IMAP server {where}: {exc}") from None
-    uids = found[0].split() if found and found[0] else []
-    source = (f"imap:{user or ''}@{host}/{settings.imap_folder}:"
-              f"{validity.decode() if isinstance(validity, bytes) else validity}")
-
-    def fetch() -> Iterator[Item]:
-        try:
-            for uid in uids:
-                status, data = conn.uid("FETCH", uid, "(BODY.PEEK[])")
-                raw = next((part[1] for part in data if isinstance(part, tuple)), None)
-                if status == "OK" and isinstance(raw, bytes):
-                    yield Item(uid.decode(), raw)
-        except (OSError, imaplib.IMAP4.abort) as exc:
-            raise TemporaryError(f"IMAP server {where}: {exc}") from None
-        finally:
-            with contextlib.suppress(OSError, imaplib.IMAP4.error):
-                conn.logout()
-
-    return source, fetch()
-
-
-def _quote(folder: str) -> str:
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # One run of ``mailer inbox`` ------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The types that cross stages, in one place: every stage imports this module and the
 stages below it, never one above (see the module list in README.md).
 
-recipients → Recipient, Plain, Problem; render → Rendered; campaign → Outgoing;
+recipients → Recipient, Plain, Problem; render → Rendered; plan → Decision (State, Kind,
+Skip); campaign → Outgoing; inbox sources → Item;
 smtp/pool → Outcome; journal and report → Stats.
 """
 
@@ -9,9 +10,46 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from .address import Address
+
+
+class State(StrEnum):
+    """A guest's state in a campaign (the journal's ``deliveries.state``; its CHECK
+    constraint is generated from this enum)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"  # written before the transaction: after a crash, sent again
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"  # on a suppression list, or unsubscribed
+    BOUNCED = "bounced"  # the inbox read a hard bounce
+
+
+class Kind(StrEnum):
+    """What a guest is sent: for an event, what brings their calendar up to date."""
+
+    INVITATION = "invitation"
+    UPDATE = "update"
+    CANCELLATION = "cancellation"
+    REMINDER = "reminder"  # a sub-template of an event's folder: sent once
+    MESSAGE = "message"  # a campaign without an event
+
+
+class Skip(StrEnum):
+    """Why the plan gives a guest nothing in this run."""
+
+    SENT_BEFORE = "sent before"
+    UP_TO_DATE = "holds the current version"
+    NOT_HELD = "holds nothing to cancel"
+    FAILED = "failed before (--retry-failed tries again)"
+    EXPIRED = "expired (deferred longer than MAILER_RETRY_FOR)"
+    SUPPRESSED = "suppressed"
+    BOUNCED = "bounced"
+    EXCLUDED = "excluded by --where"
+    NOT_ONLY = "not named by --only"
 
 
 @dataclass(slots=True)
@@ -94,8 +132,8 @@ class Outgoing:
     lang: str = ""
     rendered: Rendered | None = None
     attempt: int = 0  # temporary failures so far in this run
-    prior: str | None = None  # the journal state before this run touched it
-    kind: str = "message"  # invitation, update, cancellation, reminder, or message
+    prior: State | None = None  # the journal state before this run touched it
+    kind: Kind = Kind.MESSAGE
     holds: tuple[str, int, bool] | None = None  # (event UID, SEQUENCE, cancelled) once sent
     files: tuple[tuple[str, str], ...] = ()  # attached files: (name, file URI)
     archive: str | None = None  # a second envelope recipient: the archive copy (no header)
@@ -107,7 +145,34 @@ class Outcome(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # permanent (5xx): not retried
     DEFERRED = "deferred"  # temporary (4xx, drop, timeout) after the retries
-    UNKNOWN = "sending"  # no reply to the end of the message: may or may not have arrived
+    UNCONFIRMED = "unconfirmed"  # no reply to the end of the message: may have arrived;
+    # the guest stays ``sending`` in the journal and the next run sends it again
+
+
+class Mark(IntEnum):
+    """What the journal's sync does with a guest of the list who is sent nothing."""
+
+    ON_LIST = 0  # a guest of the campaign (sent before, up to date, ...)
+    SUPPRESSED = 1  # recorded as suppressed
+    EXCLUDED = 2  # left out by --where: not the campaign's to send, never queued
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The plan's word on one guest: what to send (``kind``), or why nothing (``skip``)."""
+
+    kind: Kind | None
+    skip: Skip | None = None
+    state: State | None = None  # the guest's state before this run (None: new)
+    held: int | None = None  # the event version the guest's calendar holds
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A message of a mailbox: its identity there (so it is read once) and its bytes."""
+
+    ident: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -130,12 +195,9 @@ class Stats:
     """The outcomes of one run, and every address that needs a human's eye."""
 
     sent: int = 0
-    failed: int = 0
-    deferred: int = 0
-    unknown: int = 0
-    rejected: list[Named] = field(default_factory=list)
-    postponed: list[Named] = field(default_factory=list)  # deferred
-    unconfirmed: list[Named] = field(default_factory=list)  # unknown
+    failed: list[Named] = field(default_factory=list)
+    deferred: list[Named] = field(default_factory=list)
+    unconfirmed: list[Named] = field(default_factory=list)
     expired: list[tuple[str, str]] = field(default_factory=list)  # deferred too long: failed
     archive_refused: list[Named] = field(default_factory=list)  # the guest's went out
     stopped: str | None = None  # why the run stopped early, if it did
@@ -144,11 +206,8 @@ class Stats:
         if outcome is Outcome.SENT:
             self.sent += 1
         elif outcome is Outcome.FAILED:
-            self.failed += 1
-            self.rejected.append(named)
+            self.failed.append(named)
         elif outcome is Outcome.DEFERRED:
-            self.deferred += 1
-            self.postponed.append(named)
+            self.deferred.append(named)
         else:
-            self.unknown += 1
             self.unconfirmed.append(named)

@@ -24,10 +24,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from .connections.config import SmtpConfig
+from .connections.smtp import Connection, Lost, Refused, connect
 from .errors import ConfigError, MailerError, TemporaryError
 from .models import Outcome, Outgoing, Stats
 from .ratelimit import RateLimiter
-from .smtp import Connection, Lost, Refused, SmtpConfig, connect
 
 OutcomeHook = Callable[[Outgoing, Outcome, int | None, str], None]
 
@@ -323,7 +324,7 @@ class SenderPool:
             if exc.stage == "END" and exc.timeout:
                 # The body went out and no reply came: it may have been delivered. Leave
                 # the guest 'sending'; the next run resends with the same Message-ID.
-                self._final(message, Outcome.UNKNOWN, None,
+                self._final(message, Outcome.UNCONFIRMED, None,
                             f"no reply to the end of the message within "
                             f"{self.config.data_timeout:g} s: the next run sends it again "
                             f"(same Message-ID)")
@@ -368,7 +369,7 @@ class SenderPool:
 
     def _final(self, message: Outgoing, outcome: Outcome, code: int | None,
                reply: str) -> None:
-        if outcome is not Outcome.UNKNOWN:  # unknown stays 'sending' in the journal
+        if outcome is not Outcome.UNCONFIRMED:  # unconfirmed stays 'sending' in the journal
             self.recorder.result(message, outcome, code, reply)
         self.stats.count(outcome, (message.email, code, reply))
         if self.on_outcome is not None:

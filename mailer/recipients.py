@@ -20,6 +20,7 @@ import csv
 import io
 import os
 import re
+import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -66,6 +67,7 @@ BLOCK = 1 << 16  # bytes of the list read at a time
 _NOT_PLAIN = bytes([*range(0x0a), 0x0b, 0x0c, *range(0x0e, 0x20), ord('"'), 0x7f])
 _NOT_PLAIN_UTF8 = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}\Z")
+STDIN = Path("-")  # the list on standard input
 
 
 def normalize_language(value: str) -> str | None:
@@ -94,6 +96,9 @@ def _sniff_delimiter(header_line: str) -> str:
 
 def _encoding_problem(head: bytes) -> str | None:
     """Why the start of a file shows it is not UTF-8 text (UTF-16, binary), or None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a workbook (.xlsx) must be given as a file named .xlsx, not as CSV or " \
+               "on standard input"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
             len(head) >= 4 and head.count(0) * 3 >= len(head)):
         return "the file is UTF-16 (Excel's 'Unicode text'): save it as 'CSV UTF-8'"
@@ -280,7 +285,24 @@ class RecipientList:
 
     @property
     def display(self) -> str:
-        return str(self.path)
+        return "<stdin>" if self.from_stdin else str(self.path)
+
+    @property
+    def from_stdin(self) -> bool:
+        """The list is ``-``: standard input (read once, as every list is)."""
+        return self.path == STDIN
+
+    def _open(self, shown: str) -> BinaryIO:
+        """The list's bytes: the file, a pipe (``<(…)``), or standard input for ``-``."""
+        try:
+            if not self.from_stdin:
+                return self.path.open("rb")
+            try:
+                return open(sys.stdin.fileno(), "rb", closefd=False)
+            except (AttributeError, io.UnsupportedOperation):  # not a real file (a test's)
+                return io.BufferedReader(sys.stdin.buffer)  # type: ignore[type-var]
+        except OSError as exc:
+            raise InputError(f"{shown}: cannot read the list: {exc.strerror}") from None
 
     @overload
     def scan(self, *, bulk: Literal[False] = False) -> Iterator[Recipient | Problem]: ...
@@ -303,11 +325,8 @@ class RecipientList:
         if self.path.suffix.lower() in (".xlsx", ".xlsm"):
             yield from self._scan_workbook(shown)
             return
-        try:
-            handle = self.path.open("rb")
-        except OSError as exc:
-            raise InputError(f"{shown}: cannot read the list: {exc.strerror}") from None
-        with handle:
+        with self._open(shown) as handle:
+            assert isinstance(handle, io.BufferedReader)
             why = _encoding_problem(handle.peek(4096)[:4096])
             if why is not None:
                 raise InputError(f"{shown}:1: {why}")

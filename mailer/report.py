@@ -94,7 +94,7 @@ class Reporter:
     def rejected(self, stats: Stats) -> None:
         """Every rejected, deferred and expired address with the server's last reply, even
         when quiet: each needs a human, or explains why the run did not finish."""
-        for kind, found in (("rejected", stats.rejected), ("deferred", stats.postponed),
+        for kind, found in (("rejected", stats.failed), ("deferred", stats.deferred),
                             ("unconfirmed", stats.unconfirmed)):
             for email, code, reply in found:
                 self.line(" ".join(f"{kind}: {email}: {code or ''} {reply}".split()))
@@ -115,12 +115,12 @@ class Reporter:
         skip = f"skipped {skipped + suppressed}"
         if skipped or suppressed:
             skip += f" ({skipped} done before, {suppressed} suppressed)"
-        failed_now = f"failed {stats.failed + len(stats.expired)} (permanent"
+        failed_now = f"failed {len(stats.failed) + len(stats.expired)} (permanent"
         failed_now += f", {len(stats.expired)} expired)" if stats.expired else ")"
-        text = (f"sent {stats.sent}, {failed_now}, deferred {stats.deferred} (temporary), "
+        text = (f"sent {stats.sent}, {failed_now}, deferred {len(stats.deferred)} (temporary), "
                 f"{skip}")
-        if stats.unknown:
-            text += f", {stats.unknown} unconfirmed (sent again by the next run)"
+        if stats.unconfirmed:
+            text += f", {len(stats.unconfirmed)} unconfirmed (sent again by the next run)"
         if remaining:
             text += f"; {remaining} remain for the next run"
         click.echo(text)

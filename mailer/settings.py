@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .address import AddressError, Mailbox, check_address, mailbox_setting, parse_mailbox
 from .errors import ConfigError
 from .ratelimit import parse_rate
+
+if TYPE_CHECKING:
+    from .connections.config import ImapConfig, SmtpConfig
 
 
 class Settings(BaseSettings):
@@ -54,6 +57,7 @@ class Settings(BaseSettings):
     imap_username: str | None = None
     imap_password: SecretStr | None = None
     imap_folder: str = "INBOX"
+    imap_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
 
     @field_validator("smtp_security", "imap_security", mode="before")
@@ -130,17 +134,49 @@ class Settings(BaseSettings):
     def rate(self) -> float | None:
         return None if self.rate_limit is None else parse_rate(self.rate_limit)
 
+    # The connections' configurations ------------------------------------------------
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z", re.I)
+    def smtp(self, sender_domain: str) -> SmtpConfig:
+        """How to reach the relay; ConfigError for a login over plain text to another
+        host."""
+        from .connections.config import SmtpConfig
+        from .connections.credentials import Login, refuse_clear_text
+        from .connections.smtp import helo_name
+
+        login = Login(self.smtp_username, self.smtp_password)
+        refuse_clear_text("MAILER_SMTP_SECURITY", self.smtp_host, self.smtp_security, login)
+        return SmtpConfig(self.smtp_host, self.smtp_port, self.smtp_security, login,
+                          self.smtp_timeout, helo_name(self.smtp_helo, sender_domain),
+                          self.messages_per_connection, self.smtp_data_timeout)
+
+    def imap(self) -> ImapConfig:
+        """How to reach the organiser's mailbox; ConfigError when it is not set."""
+        from .connections.config import ImapConfig
+        from .connections.credentials import Login
+
+        if self.imap_host is None:
+            raise ConfigError("MAILER_IMAP_HOST is not set: give the organiser's IMAP server, "
+                              "or read a local copy with --maildir or --mbox")
+        return ImapConfig(self.imap_host, self.imap_port, self.imap_security,
+                          Login(self.imap_username, self.imap_password), self.imap_folder,
+                          self.imap_timeout)
+
+
+_DURATION = re.compile(r"\s*(\d{1,12}(?:\.\d{1,6})?)\s*([smhd])\s*\Z", re.I)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LONGEST = 3650 * 86400.0  # ten years: anything longer is a typo
 
 
 def parse_duration(text: str) -> float:
-    """``3d``, ``12h``, ``30m``, ``90s`` → seconds; ValueError otherwise."""
+    """``3d``, ``12h``, ``30m``, ``90s`` → seconds (at most ten years); ValueError
+    otherwise."""
     match = _DURATION.match(text)
     if not match:
         raise ValueError("use a number with s, m, h or d, e.g. 3d")
-    return float(match.group(1)) * _UNIT[match.group(2).lower()]
+    seconds = float(match.group(1)) * _UNIT[match.group(2).lower()]
+    if seconds > LONGEST:
+        raise ValueError("at most 3650d (ten years)")
+    return seconds
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mailer.smtp import helo_name
+from mailer.connections.smtp import helo_name
 from tests.conftest import Server, people, run, send, smtp_env
 from tests.smtpserver import authenticator, start_server
 

@@ -1,4 +1,4 @@
-"""The engine's work done once: the check pass's messages kept in a spool for the send,
+"""The engine's work done once: the pass's messages kept in the queue for delivery,
 quoted-printable encoded line by line, and one journal commit for the workers ready at
 once (without holding a worker up behind a slow reply)."""
 
@@ -19,12 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer import spool as spool_module
+from mailer import queue as queue_module
 from mailer.address import check_address
+from mailer.errors import TemporaryError
 from mailer.message import _qp, fresh_date
-from mailer.models import Outgoing, Recipient
-from mailer.run import SendOptions, _spool
-from mailer.spool import Spool, holds_message
+from mailer.models import Decision, Kind, Outgoing, Recipient, State
+from mailer.queue import Queue
 from tests.conftest import EXAMPLE, Server, parse, people, run, send, smtp_env, write
 from tests.daemons import wait_until
 from tests.test_journal import counts, spawn
@@ -41,73 +41,80 @@ def outgoing(line: int, size: int = 100, date: str = "Mon, 30 Nov 2026 10:00:00 
                     data=data, wire=b"", subject="x", lang="nb")
 
 
-def kept(spool: Spool) -> int:
-    """The messages a spool holds."""
-    return sum(1 for record in spool.records() if holds_message(record))
-
-
 def guest(line: int) -> Recipient:
     return Recipient(line=line, address=check_address(f"p{line}@example.org"),
-                     name=f"Person {line}", language=None)
+                     name=f"Person {line}", language=None, headers=("navn", "epost"),
+                     row=(f"Person {line}", f"p{line}@example.org"))
 
 
-def test_a_spool_gives_back_what_it_kept_in_list_order(tmp_path: Path) -> None:
-    with Spool(tmp_path) as spool:
+DUE = Decision(Kind.MESSAGE, None, State.DEFERRED, None)
+
+
+def built_again(recipient: Recipient, kind: Kind, held: int | None) -> Outgoing:
+    """What the queue asks for a message it kept as its recipe."""
+    message = outgoing(recipient.line, size=7)
+    message.subject = f"built again as {kind} for {recipient.row[0]}"
+    return message
+
+
+def test_the_queue_gives_back_every_guest_and_message_in_list_order(tmp_path: Path) -> None:
+    with Queue(tmp_path) as queue:
         for line in range(2, 40):
             if line == 7:
-                spool.suppressed(guest(line))
+                queue.guest(guest(line), 1)  # suppressed: no message
             else:  # some larger than a read: a record may span reads
-                spool.put(outgoing(line, size=300_000 if line % 10 == 0 else 100))
-        assert spool.complete and kept(spool) == 37
-        rows = list(spool.rows())
+                queue.put(guest(line), DUE, outgoing(line, size=300_000 if line % 10 == 0
+                                                     else 100))
+        assert queue.due == 37
+        rows = list(queue.guests())
         assert [r[3] for r in rows] == list(range(2, 40))
-        assert rows[5] == ("p7@example.org", "p7@example.org", "Person 7", 7, True)
-        assert rows[0] == ("p2@example.org", "p2@example.org", "Person 2", 2, False)
-        assert spool.take(3, "p3@example.org") is not None  # 2 was passed over
-        assert spool.take(7, "p7@example.org") is None  # suppressed: no message
-        assert spool.take(9, "someone@example.org") is None  # not the guest it kept
-        taken = spool.take(10, "p10@example.org")
-        assert taken is not None and len(taken.data) > 300_000
-        assert taken.wire.endswith(b"\r\n.\r\n") and taken.name == "Person 10"
-        assert spool.take(41, "p41@example.org") is None
-        assert [r[0] for r in spool.records()] == list(range(2, 40))  # read anew each time
+        assert rows[5] == ("p7@example.org", "p7@example.org", "Person 7", 7, 1)
+        assert rows[0] == ("p2@example.org", "p2@example.org", "Person 2", 2, 0)
+        messages = list(queue.messages(built_again))
+        assert [m.line for m in messages] == [n for n in range(2, 40) if n != 7]
+        big = messages[[m.line for m in messages].index(10)]
+        assert len(big.data) > 300_000 and big.name == "Person 10"
+        for message in messages:  # finished on the way out: the wire form, the state before
+            assert message.wire.endswith(b"\r\n.\r\n") and message.prior is State.DEFERRED
+            assert message.kind is Kind.MESSAGE and message.subject == "x"
+        assert [r[0] for r in queue.records()] == list(range(2, 40))  # read anew each time
     assert not list(tmp_path.iterdir())  # nothing was ever named in the folder
 
 
-def test_a_spool_at_its_limit_keeps_what_fits_and_says_it_is_not_complete(
-        tmp_path: Path) -> None:
-    with Spool(tmp_path, limit=1500) as spool:  # room for a few records of ~450 bytes
+def test_a_large_message_or_one_past_the_limit_is_kept_as_its_recipe(tmp_path: Path) -> None:
+    with Queue(tmp_path, limit=1500) as queue:  # room for a few records of ~450 bytes
         for line in range(1, 10):
-            spool.put(outgoing(line))
-        count = kept(spool)
-        assert not spool.complete and 1 < count < 9
-        for line in range(1, count + 1):
-            assert spool.take(line, f"p{line}@example.org") is not None
-        assert spool.take(count + 1, f"p{count + 1}@example.org") is None  # built again
-    with Spool(tmp_path) as spool:
-        spool.put(outgoing(1, size=spool_module.LARGEST + 1))  # attachments: built again
-        assert not spool.complete and kept(spool) == 0
+            queue.put(guest(line), DUE, outgoing(line))
+        messages = list(queue.messages(built_again))
+        assert [m.line for m in messages] == list(range(1, 10))  # every one, in order
+        again = [m for m in messages if m.subject.startswith("built again")]
+        assert 1 < len(again) < 9 and again[0].subject == \
+            f"built again as message for Person {again[0].line}"
+        assert all(m.wire.endswith(b"\r\n.\r\n") for m in messages)
+    with Queue(tmp_path) as queue:
+        queue.put(guest(1), DUE, outgoing(1, size=queue_module.LARGEST + 1))  # attachments
+        (message,) = queue.messages(built_again)
+        assert message.subject == "built again as message for Person 1"
 
 
-def test_a_spool_on_a_full_disk_keeps_the_records_written_whole(tmp_path: Path) -> None:
-    """Writes that fail (a file size limit stands in for a full disk: EFBIG) end the
-    spool at the last whole record; the messages after it are built again."""
+def test_a_queue_on_a_full_disk_is_a_temporary_failure(tmp_path: Path) -> None:
+    """Writes that fail (a file size limit stands in for a full disk: EFBIG) end the run
+    before anything is sent."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        with Spool(tmp_path) as spool:
+        with Queue(tmp_path) as queue:
             resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, hard))
             try:
-                for line in range(1, 30):
-                    spool.put(outgoing(line, size=100_000))  # a write every ~3 records
+                def fill() -> None:
+                    for line in range(1, 30):
+                        queue.put(guest(line), DUE, outgoing(line, size=100_000))
+
+                with pytest.raises(TemporaryError, match="no room for the queue of this run: "
+                                                         "File too large"):
+                    fill()
             finally:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-            assert not spool.complete
-            kept = [r[0] for r in spool.records()]
-            assert kept == list(range(1, len(kept) + 1)) and 0 < len(kept) < 29
-            message = spool.take(kept[-1], f"p{kept[-1]}@example.org")
-            assert message is not None and len(message.data) > 100_000
-            assert spool.take(kept[-1] + 1, f"p{kept[-1] + 1}@example.org") is None
     finally:
         signal.signal(signal.SIGXFSZ, previous)
 
@@ -126,27 +133,7 @@ def test_a_kept_message_gets_the_date_it_is_sent_and_nothing_else_changes() -> N
                                                 b"")
 
 
-def test_only_a_run_that_sends_the_whole_list_for_the_first_time_spools(
-        tmp_path: Path, tpl: Path) -> None:
-    from mailer.campaign import Campaign
-    from mailer.settings import Settings
-
-    settings = Settings(templates_dir=tpl, sender="Digdir <invitasjon@example.org>")
-    listing = people(tmp_path, 3)
-    journal = tmp_path / "journal.sqlite3"
-    campaign = Campaign(settings, listing, "t")
-    made = _spool(campaign, journal, SendOptions(), started=False)
-    assert made is not None
-    made.__exit__()  # closed: the spool's file goes with it
-    assert _spool(campaign, journal, SendOptions(), started=True) is None  # a rerun
-    assert _spool(campaign, journal, SendOptions(max_messages=1), started=False) is None
-    assert _spool(campaign, journal, SendOptions(only=frozenset({"p1@example.org"})),
-                  started=False) is None
-    narrowed = Campaign(settings, listing, "t", where=["navn == 'Person 1'"])
-    assert _spool(narrowed, journal, SendOptions(), started=False) is None
-
-
-def test_the_spool_has_no_name_and_lives_beside_the_journal(
+def test_the_queue_has_no_name_and_lives_beside_the_journal(
         tmp_path: Path, tpl: Path, smtp: Server) -> None:
     controller, handler = smtp
     env = smtp_env(controller)
@@ -156,29 +143,29 @@ def test_the_spool_has_no_name_and_lives_beside_the_journal(
     try:
         wait_until(lambda: handler.in_data >= 1)
         folder = tmp_path / ".mailer"
-        assert sorted(p.name for p in folder.iterdir() if "spool" in p.name) == []
+        assert sorted(p.name for p in folder.iterdir() if "queue" in p.name) == []
         links = [os.readlink(f"/proc/{proc.pid}/fd/{fd}")
                  for fd in os.listdir(f"/proc/{proc.pid}/fd")]
-        spools = [link for link in links if link.startswith(str(folder.resolve()))
+        queues = [link for link in links if link.startswith(str(folder.resolve()))
                   and "(deleted)" in link]
-        assert len(spools) == 1, links  # open, in the journal's folder, never named
+        assert len(queues) == 1, links  # open, in the journal's folder, never named
     finally:
         handler.gate.set()
     assert proc.wait(30) == 0
     assert sorted(counts(handler).values()) == [1] * 5
 
 
-def test_a_spool_over_its_limit_still_sends_everyone_once(
+def test_a_queue_over_its_limit_still_sends_everyone_once(
         tmp_path: Path, tpl: Path, smtp: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     controller, handler = smtp
-    monkeypatch.setattr(spool_module, "MAX_BYTES", 2500)  # room for a few messages
+    monkeypatch.setattr(queue_module, "MAX_BYTES", 2500)  # room for a few messages
     path = people(tmp_path, 12, extra="Stoppet;stopp@example.org\n")
     suppress = write(tmp_path / "stopp.csv", "epost\nstopp@example.org\n")
     result = send(tpl, path, smtp_env(controller), "--suppress", str(suppress))
     assert result.exit_code == 0, result.output
     got = counts(handler)
     assert got == {f"p{i}@example.org": 1 for i in range(12)}
-    for i in (0, 11):  # one kept in the spool, one built again: the same message
+    for i in (0, 11):  # one kept whole in the queue, one built again: the same message
         message = parse(handler.to(f"p{i}@example.org")[0].data)
         assert message["To"].addresses[0].display_name == f"Person {i}"
         assert message.get_body(("plain",)).get_content().rstrip() == f"Hei Person {i}"
@@ -188,7 +175,7 @@ def test_a_spool_over_its_limit_still_sends_everyone_once(
     assert set(states.values()) == {"sent"} and len(states) == 12
 
 
-def test_a_suppressed_guest_from_the_spool_is_recorded_and_never_sent(
+def test_a_suppressed_guest_from_the_queue_is_recorded_and_never_sent(
         tmp_path: Path, tpl: Path, smtp: Server) -> None:
     controller, handler = smtp
     path = people(tmp_path, 4, extra="Stoppet;stopp@example.org\n")
@@ -241,10 +228,10 @@ def test_quoted_printable_round_trips_whatever_the_text(lines: list[str]) -> Non
         assert quopri.decodestring(encoded.encode()) == text.replace("\n", "\r\n").encode()
 
 
-def test_a_spooled_send_delivers_exactly_what_a_dry_run_builds(
+def test_a_send_delivers_exactly_what_a_dry_run_builds(
         tmp_path: Path, templates: Path, smtp: Server) -> None:
     """The shipped newsletter (Markdown in MJML, an inline logo, three languages) sent from
-    the spool: byte for byte the message a dry run builds, but for its Date."""
+    the queue: byte for byte the message a dry run builds, but for its Date."""
     controller, handler = smtp
     env = smtp_env(controller, MAILER_UNSUBSCRIBE_URL="https://example.org/a?e={{ email }}")
     args = ("send", str(EXAMPLE), "--template", "nyhetsbrev", "--templates-dir",
@@ -273,7 +260,8 @@ def test_a_check_of_a_list_alone_starts_without_jinja_or_the_smtp_client(tmp_pat
     code = ("import sys\nfrom mailer.cli import main\n"
             f"sys.argv = ['mailer', 'validate', {str(listing)!r}]\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"
-            "print(sorted(m for m in ('jinja2', 'aiosmtplib', 'mailer.pool', 'mailer.smtp',"
+            "print(sorted(m for m in ('jinja2', 'aiosmtplib', 'mailer.pool',"
+            " 'mailer.connections.smtp', 'mailer.journal', 'mailer.queue',"
             " 'mailer.calendar', 'mailer.render') if m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -423,23 +423,64 @@ def test_status_and_purge_of_what_is_not_there(tmp_path: Path, tpl: Path, smtp: 
     assert status_json(env)["campaigns"][0]["counts"]["sent"] == 2  # nothing was purged
 
 
-def test_a_journal_of_the_previous_release_upgrades_with_its_rows(
-        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+def test_a_journal_of_every_earlier_release_upgrades_with_its_rows(
+        tmp_path: Path, tpl: Path, smtp: Server, version: int) -> None:
+    """tests/journals/vN.sql is a journal as release N wrote it (its schema taken from that
+    release's code): p0 sent, p1 failed, and from version 4 an event p0 holds, from 5 an
+    answer and a suppression."""
     from mailer.journal import SCHEMA_VERSION
 
     controller, handler = smtp
     journal = tmp_path / ".mailer" / "journal.sqlite3"
     journal.parent.mkdir()
     with sqlite3.connect(journal) as db:
-        db.executescript((Path(__file__).parent / "journal_v2.sql").read_text())
-        db.execute("PRAGMA user_version = 2")
-        db.execute("INSERT INTO campaigns VALUES ('t:liste.csv', 't', 'liste.csv', 'x', 'x')")
-        db.execute("INSERT INTO deliveries (campaign, key, email, name, line, state, attempts, "
-                   "created, updated) VALUES ('t:liste.csv', 'p0@example.org', "
-                   "'p0@example.org', 'Person 0', 2, 'sent', 1, 'x', 'x')")
-    result = send(tpl, people(tmp_path, 2), smtp_env(controller))
+        db.executescript((Path(__file__).parent / "journals" / f"v{version}.sql").read_text())
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version
+    result = send(tpl, people(tmp_path, 3), smtp_env(controller))
     assert result.exit_code == 0, result.output
-    assert [m.rcpt_tos for m in handler.messages] == [["p1@example.org"]]  # p0 kept as sent
+    # p0 kept as sent, p1 as failed: only the new guest is sent
+    assert [m.rcpt_tos for m in handler.messages] == [["p2@example.org"]]
+    assert "skipped 2 (2 done before, 0 suppressed)" in result.output
     with sqlite3.connect(journal) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        states = dict(db.execute("SELECT key, state FROM deliveries").fetchall())
+        assert states == {"p0@example.org": "sent", "p1@example.org": "failed",
+                          "p2@example.org": "sent"}
+        assert db.execute("SELECT first_attempt IS NOT NULL FROM deliveries WHERE key = "
+                          "'p2@example.org'").fetchone()[0] == 1
+        if version >= 4:
+            assert db.execute("SELECT key, sequence FROM holders").fetchall() == \
+                [("p0@example.org", 0)]
+        if version >= 5:
+            assert db.execute("SELECT answer FROM answers").fetchall() == [("accepted",)]
+            assert db.execute("SELECT key FROM suppressions").fetchall() == \
+                [("p9@example.org",)]
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'deliveries_state'"
+                          ).fetchone() is None
         db.execute("UPDATE deliveries SET state = 'bounced' WHERE key = 'p0@example.org'")
+        with pytest.raises(sqlite3.IntegrityError):  # the CHECK holds every state, no more
+            db.execute("UPDATE deliveries SET state = 'lost' WHERE key = 'p0@example.org'")
+
+
+def test_the_state_check_is_made_from_the_enum() -> None:
+    from mailer.journal.schema import CURRENT
+    from mailer.models import State
+
+    db = sqlite3.connect(":memory:")
+    db.executescript(CURRENT)
+    for state in State:
+        db.execute("INSERT INTO deliveries (campaign, key, email, state, created, updated) "
+                   "VALUES ('c', ?, 'a@example.org', ?, 'x', 'x')", (state.value, state.value))
+    assert len(list(State)) == db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+
+
+def test_a_database_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    result = run("status", "--journal", str(path), env={})
+    assert result.exit_code == 78
+    assert "not a mailer journal" in result.output
+    with sqlite3.connect(path) as db:  # untouched
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0

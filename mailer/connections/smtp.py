@@ -24,21 +24,18 @@ take long on a relay that delivers before it answers: it is awaited up to
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import socket
 import ssl
 from collections import deque
-from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 import aiosmtplib
-from pydantic import SecretStr
 
-from .errors import ConfigError, TemporaryError
-from .models import Outgoing
+from ..errors import ConfigError, TemporaryError
+from ..models import Outgoing
+from .config import SmtpConfig
 
-DATA_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the reply to the end of the message
 QUIT_TIMEOUT = 5.0
 
 
@@ -70,37 +67,6 @@ class Lost(Exception):
         super().__init__(why)
         self.stage = stage
         self.timeout = timeout
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    """How to reach the relay; built from Settings."""
-
-    host: str
-    port: int
-    security: str
-    username: str | None
-    password: SecretStr | None
-    timeout: float
-    helo: str
-    per_connection: int
-    data_timeout: float = DATA_TIMEOUT
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def redact(self, text: str) -> str:
-        """Remove the password (and its base64 forms) from a text, just in case."""
-        secret = self.password.get_secret_value() if self.password is not None else ""
-        if not secret:
-            return text
-        forms = {secret, base64.b64encode(secret.encode()).decode()}
-        if self.username:
-            forms.add(base64.b64encode(f"\0{self.username}\0{secret}".encode()).decode())
-        for form in forms:
-            text = text.replace(form, "***")
-        return text
 
 
 def helo_name(configured: str | None, sender_domain: str) -> str:
@@ -357,9 +323,8 @@ async def connect(config: SmtpConfig) -> Connection:
                     f"{config.where} does not offer STARTTLS and MAILER_SMTP_SECURITY is "
                     f"starttls: refusing to send in plain text (nothing was sent)")
             await smtp.starttls()
-        if config.username:
-            password = config.password.get_secret_value() if config.password else ""
-            await smtp.login(config.username, password)
+        if config.login.username:
+            await smtp.login(config.login.username, config.login.secret)
         if smtp.last_ehlo_response is None:
             await smtp.ehlo()
     except ConfigError:
@@ -368,7 +333,7 @@ async def connect(config: SmtpConfig) -> Connection:
     except aiosmtplib.SMTPAuthenticationError as exc:
         smtp.close()
         raise ConfigError(f"authentication failed at {config.where} for user "
-                          f"{config.username!r}: {exc.code} "
+                          f"{config.login.username!r}: {exc.code} "
                           f"{config.redact(exc.message)}") from None
     except aiosmtplib.SMTPResponseException as exc:
         smtp.close()

@@ -1,0 +1,169 @@
+"""Every command of the CLI as one library call, for Python users and for ``cli.py``
+(which only parses options, calls one of these and prints): ``validate``, ``send``,
+``dry_run``, ``test_send``, ``status``, ``read_inbox`` (``mailer inbox``), ``purge``,
+``forget``.
+
+Each takes plain values (paths, names) and a ``Settings`` (default: from the environment
+and ``.env``, as the CLI reads them), and raises a ``MailerError`` whose ``exit_code`` is
+the CLI's. ``import mailer; mailer.send(...)`` works too (see ``mailer/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .campaign import Campaign, CheckReport
+    from .inbox import Tally
+    from .outbox import Outbox
+    from .report import Reporter
+    from .run import Result, SendOptions
+
+
+@dataclass
+class ListOptions:
+    """What a campaign is made of besides its list and template (the options that
+    ``validate`` and ``send`` share)."""
+
+    variables: Mapping[str, str] = field(default_factory=dict)
+    suppress: Sequence[Path] = ()
+    where: Sequence[str] = ()
+    attach: Sequence[Path] = ()
+    attachments_dir: Path | None = None
+    sheet: str | None = None
+    campaign_id: str | None = None
+
+
+def campaign(recipients: Path, template: str | None, settings: Settings,
+             options: ListOptions | None = None, *, need_sender: bool = True) -> Campaign:
+    """The campaign of a list (a path, or ``-`` for standard input) and a template."""
+    from .campaign import Campaign
+
+    options = options or ListOptions()
+    return Campaign(settings, recipients, template, variables=options.variables,
+                    suppress=options.suppress, campaign_id=options.campaign_id,
+                    need_sender=need_sender, where=options.where, attach=options.attach,
+                    attachments_dir=options.attachments_dir, sheet=options.sheet)
+
+
+def validate(recipients: Path, template: str | None = None, *,
+             settings: Settings | None = None, options: ListOptions | None = None
+             ) -> CheckReport:
+    """Check a list (and a template against it, rendering every message); nothing is
+    sent or written. The report's ``ok`` says whether a send could go ahead."""
+    from .plan import read_knowledge
+
+    settings = settings or load_settings()
+    made = campaign(recipients, template, settings, options, need_sender=False)
+    knowledge, journal = read_knowledge(settings.journal, made.id, uid=made.uid)
+    if journal is not None:
+        journal.close()
+    made.use_knowledge(knowledge)
+    return made.check(mail_clients=True)
+
+
+def send(recipients: Path, template: str, *, settings: Settings | None = None,
+         options: ListOptions | None = None, send_options: SendOptions | None = None,
+         reporter: Reporter | None = None) -> Result:
+    """Send the template to every guest of the list that the plan says is due, recording
+    each in the journal (``Result.exit_code`` is the CLI's)."""
+    from . import run
+    from .report import Reporter
+
+    settings = settings or load_settings()
+    made = campaign(recipients, template, settings, options)
+    return run.send(made, settings.journal, send_options or run.SendOptions(),
+                    reporter or Reporter())
+
+
+def dry_run(recipients: Path, template: str, outbox: Path = Path("outbox"), *,
+            settings: Settings | None = None, options: ListOptions | None = None,
+            send_options: SendOptions | None = None, reporter: Reporter | None = None
+            ) -> Outbox:
+    """Write what ``send`` would send into ``outbox`` (.eml files and a preview page)."""
+    from . import run
+    from .report import Reporter
+
+    settings = settings or load_settings()
+    made = campaign(recipients, template, settings, options)
+    return run.dry_run(made, outbox, reporter or Reporter(), settings.journal, send_options)
+
+
+def test_send(recipients: Path, template: str, to: Sequence[str],
+              recipient: str | None = None, *, settings: Settings | None = None,
+              options: ListOptions | None = None, send_options: SendOptions | None = None,
+              reporter: Reporter | None = None) -> Result:
+    """Send one guest's message (the first, or ``recipient``'s) only to ``to``."""
+    from . import run
+    from .report import Reporter
+
+    settings = settings or load_settings()
+    made = campaign(recipients, template, settings, options)
+    return run.test_send(made, list(to), recipient, send_options or run.SendOptions(),
+                         reporter or Reporter())
+
+
+def status(campaign_id: str | None = None, fmt: str = "table", *,
+           out: IO[str] | None = None, output: Path | None = None,
+           settings: Settings | None = None) -> int | None:
+    """Write the journal's status (``export.FORMATS``) to ``out`` (default stdout), or
+    for xlsx to ``output``; returns the guests written to a workbook."""
+    from . import export
+    from .journal import Journal
+
+    settings = settings or load_settings()
+    with Journal(settings.journal, create=False) as journal:
+        return export.status(journal, campaign_id, fmt, out or sys.stdout, output)
+
+
+def read_inbox(*, maildir: Path | None = None, mbox: Path | None = None, dry_run: bool = False,
+          quiet: bool = False, say: Callable[[str], None] | None = None,
+          settings: Settings | None = None) -> Tally:
+    """Read answers, bounces and unsubscribes from the organiser's mailbox (IMAP from the
+    settings, or a local Maildir or mbox) into the journal; read-only for the mailbox."""
+    from . import inbox as reader
+    from .journal import Journal
+
+    settings = settings or load_settings()
+    if maildir is not None:
+        source, items = f"maildir:{os.path.realpath(maildir)}", reader.maildir_items(maildir)
+    elif mbox is not None:
+        source, items = f"mbox:{os.path.realpath(mbox)}", reader.mbox_items(mbox)
+    else:
+        from .connections import imap
+
+        source, items = imap.items(settings.imap())
+    with Journal(settings.journal, create=False) as journal:
+        return reader.read(journal, source, items, unsubscribe_to=settings.unsubscribe_mailto,
+                           dry_run=dry_run, say=say or (lambda text: None), quiet=quiet)
+
+
+def purge(campaign_id: str, *, settings: Settings | None = None) -> int:
+    """Delete a campaign's rows and compact the journal; the guests deleted."""
+    from .journal import CampaignLock, Journal
+
+    settings = settings or load_settings()
+    with Journal(settings.journal, create=False) as journal:
+        journal.require_campaign(campaign_id)  # a typo must not look like a purge that worked
+        with CampaignLock(settings.journal, campaign_id):  # never under a running send
+            return journal.purge(campaign_id)
+
+
+def forget(key: str, *, settings: Settings | None = None) -> int:
+    """Remove an address (its key: ``address.check_address(a).key``) from everything in
+    the journal, under every campaign's lock; the rows deleted."""
+    from .journal import CampaignLock, Journal
+
+    settings = settings or load_settings()
+    with Journal(settings.journal, create=False) as journal, contextlib.ExitStack() as locks:
+        for name in journal.campaigns():  # never under a running send's feet
+            locks.enter_context(CampaignLock(settings.journal, name))
+        return journal.forget(key)
