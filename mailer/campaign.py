@@ -147,6 +147,7 @@ class Campaign:
             except AttachmentError as exc:
                 raise InputError(f"{path}: {exc}") from None
         self.bounced: set[str] = set()
+        self.secret = b""  # the journal's: the key of the MAC in every Message-ID
         if template is None:
             self._compile_where()
             return
@@ -219,6 +220,7 @@ class Campaign:
         run sends."""
         self.answers = knowledge.answers
         self.bounced = knowledge.bounced
+        self.secret = knowledge.secret
         self.suppressed = self.suppressed | knowledge.suppressed
         if knowledge.sequence is not None:
             self.sequence, self.versions = knowledge.sequence, knowledge.versions
@@ -408,7 +410,8 @@ class Campaign:
         # a resend is not.
         scope = self.id if self.event is None else f"{self.id}\x00{self.sequence}\x00{kind}"
         msgid = message_id(scope, recipient.address.key if to is None
-                           else f"test:{mailbox.address.key}", self.factory.domain)
+                           else f"test:{mailbox.address.key}", self.factory.domain,
+                           self.secret)
         invitation = self._invitation(kind, mailbox)
         data = self.factory.build(rendered, mailbox, msgid, calendar=invitation, files=files)
         holds = None if self.event is None or to is not None else \

@@ -143,7 +143,8 @@ def read_inbox(*, maildir: Path | None = None, mbox: Path | None = None, dry_run
         source, items = imap.items(settings.imap())
     with Journal(settings.journal, create=False) as journal:
         return reader.read(journal, source, items, unsubscribe_to=settings.unsubscribe_mailto,
-                           dry_run=dry_run, say=say or (lambda text: None), quiet=quiet)
+                           dry_run=dry_run, say=say or (lambda text: None), quiet=quiet,
+                           authserv=settings.inbox_trusted_authserv)
 
 
 def purge(campaign_id: str, *, settings: Settings | None = None) -> int:

@@ -115,6 +115,11 @@ def table(journal: Journal, campaign: str | None, out: IO[str]) -> None:
             answers = journal.answer_counts(cid) or {}
             out.write(f"{cid}: answers: " + ", ".join(
                 f"{count} {name}" for name, count in answers.items()) + "\n")
+    waiting = journal.unverified()
+    if waiting:
+        out.write(f"{len(waiting)} unverified unsubscribe{'s' if len(waiting) != 1 else ''} "
+                  f"to confirm (mailer forget ADDRESS, or a suppression file): "
+                  + ", ".join(f"{email} ({at[:10]})" for _, email, at in waiting) + "\n")
 
 
 def status(journal: Journal, campaign: str | None, fmt: str, out: IO[str],

@@ -2,27 +2,51 @@
 and unsubscribe requests, recorded in the journal. Read-only: nothing in the mailbox is
 deleted, moved or flagged.
 
-Sources: a local Maildir or mbox file (exports, tests), or IMAP (``EXAMINE`` and
-``BODY.PEEK``). Each message is classified in this order, so that a bounce of an
-invitation is never taken for an answer: a delivery status notification (RFC 3464, or a
-non-standard bounce recognised by flufl.bounce), an auto-reply, a calendar REPLY
-(RFC 5546) in any MIME position, an unsubscribe request, anything else.
+Sources: a local Maildir or mbox file (exports, tests), or IMAP (``connections.imap``).
+Each message is classified in this order, so that a bounce of an invitation is never taken
+for an answer: a delivery status notification (RFC 3464, or a non-standard bounce
+recognised by flufl.bounce), an auto-reply (unless it holds a calendar REPLY), a calendar
+REPLY (RFC 5546) in any MIME position, an unsubscribe request, anything else.
+
+The mailbox is written to by strangers, so:
+
+- **Each message on its own, within limits.** At most ``MAX_BYTES`` of a message are read
+  (IMAP fetches only those), at most ``MAX_PARTS`` MIME parts and ``MAX_HEADER``
+  characters of an address header are looked at, and classifying one may take
+  ``SECONDS``. A message that cannot be understood is counted, named once by its place and
+  Message-ID, marked as read and never stops the rest.
+- **Short transactions.** Messages are classified before the journal's write lock is
+  taken, and recorded ``BATCH`` at a time, so a ``send`` on the same journal never waits
+  long.
+- **Nothing forged changes a guest.** A bounce counts only through a Message-ID that this
+  journal made (a MAC keyed by its secret) for the bounced address; a calendar answer only
+  from the guest (the ATTENDEE, or a SENT-BY who is a guest too), one ATTENDEE, a DTSTAMP
+  no later than the moment it is read, never replacing an answer to a newer version; an
+  unsubscribe by mail only when the organiser's own mail server vouches for the sender
+  (an ``Authentication-Results`` header of ``MAILER_INBOX_TRUSTED_AUTHSERV`` saying
+  ``dmarc=pass``, or ``dkim=pass`` aligned with the From). What is not recorded is named,
+  with the reason.
 """
 
 from __future__ import annotations
 
 import email.utils
 import hashlib
-import mailbox
+import os
 import re
+import signal
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from pathlib import Path
+from types import FrameType
 
 from .address import AddressError, check_address
+from .connections.config import MESSAGE_LIMIT
 from .errors import InputError
 from .journal import Journal
 from .models import Item
@@ -32,6 +56,22 @@ _AUTO_SUBJECT = re.compile(
     r"^\s*(fraværsmelding|fravær|autosvar|automatisk svar|out of office|automatic reply|"
     r"auto(matic)?[- ]?reply|abwesenheitsnotiz|frånvaro)", re.I)
 _MAILTO = re.compile(r"mailto:(.+)", re.I)
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^<>\s]{1,250}>)")
+_MULTIPART = re.compile(rb"(?i)content-type:[ \t]*multipart/")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+MAX_BYTES = MESSAGE_LIMIT  # what is read of one message: answers and bounces are small
+MAX_PARTS = 100  # MIME containers in a message (a message nested 1,000 deep is refused)
+MAX_HEADER = 4096  # characters of an address header that are parsed
+SECONDS = 5.0  # to classify one message
+BATCH = 100  # messages recorded per transaction
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text from a message, fit to print and to store: control characters (a terminal's
+    escape sequences) shown as ``\\xNN``, at most ``limit`` characters."""
+    text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True)
@@ -40,24 +80,29 @@ class Answer:
     email: str
     answer: str  # accepted, declined, tentative
     at: str
+    sequence: int = 0
+    sent_by: str | None = None  # a delegate who answered for the guest (SENT-BY)
 
 
 @dataclass(frozen=True)
 class Bounce:
-    email: str
+    email: str  # the bounced address (Original-Recipient when the DSN gives one)
     hard: bool
     status: str
-    message_id: str | None
+    message_ids: tuple[str, ...] = ()  # every Message-ID the bounce returns
 
 
 @dataclass
 class Finding:
-    """What one message is: ``kind`` answer, bounce, auto-reply, unsubscribe or other."""
+    """What one message is: ``kind`` answer, bounce, auto-reply, unsubscribe, other or
+    unreadable (``why``)."""
 
     kind: str
     answers: list[Answer] = field(default_factory=list)
     bounces: list[Bounce] = field(default_factory=list)
     sender: str | None = None
+    vouched: str | None = None  # pass / fail: the trusted server's word on the From
+    why: str = ""  # why it is unreadable, or why its answer cannot count
 
 
 # Sources ---------------------------------------------------------------------------------
@@ -65,32 +110,53 @@ class Finding:
 def _ident(data: bytes) -> str:
     """A message's identity in a file source: its Message-ID, else a digest of its bytes."""
     head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    found = re.search(rb"(?im)^message-id:\s*(<[^>\r\n]+>)", head)
+    found = _MESSAGE_ID.search(head)
     if found:
         return found.group(1).decode("ascii", "replace")
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def maildir_items(path: Path) -> Iterator[Item]:
-    """The messages of a Maildir (new and cur), read without touching a flag or a file.
-    A folder that is not a Maildir is an InputError at once, before anything is read."""
-    if not (path / "cur").is_dir() and not (path / "new").is_dir():
+    """The messages of a Maildir (new/ and cur/, either may be missing), read without
+    touching a flag or a file; a file that vanishes while it is read (another client
+    moved it) is passed over. A folder that is neither is an InputError at once."""
+    folders = [path / sub for sub in ("new", "cur") if (path / sub).is_dir()]
+    if not folders:
         raise InputError(f"{path}: not a Maildir (no cur/ or new/ folder)")
-    box = mailbox.Maildir(path, factory=None, create=False)
-    return (Item(_ident(data), data) for data in map(box.get_bytes, sorted(box.iterkeys())))
+    names = sorted(f for folder in folders for f in os.listdir(folder)
+                   if not f.startswith("."))
+
+    def read() -> Iterator[Item]:
+        for name in names:
+            for folder in folders:
+                try:
+                    with open(folder / name, "rb") as handle:
+                        data = handle.read(MAX_BYTES)
+                except (FileNotFoundError, IsADirectoryError):
+                    continue
+                yield Item(_ident(data), data)
+                break
+
+    return read()
 
 
 def mbox_items(path: Path) -> Iterator[Item]:
     """The messages of an mbox file (an InputError at once when there is none)."""
+    import mailbox
+
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
     return _mbox(mailbox.mbox(path, factory=None, create=False))
 
 
-def _mbox(box: mailbox.mbox) -> Iterator[Item]:
+def _mbox(box: object) -> Iterator[Item]:
+    import mailbox
+
+    assert isinstance(box, mailbox.mbox)
     try:
         for key in box.iterkeys():
-            data = box.get_bytes(key)
+            with box.get_file(key) as handle:
+                data = handle.read(MAX_BYTES)
             yield Item(_ident(data), data)
     finally:
         box.close()
@@ -100,7 +166,7 @@ def _mbox(box: mailbox.mbox) -> Iterator[Item]:
 
 def _addresses(values: list[str]) -> list[str]:
     found = []
-    for _, address in email.utils.getaddresses(values):
+    for _, address in email.utils.getaddresses([v[:MAX_HEADER] for v in values]):
         try:
             found.append(check_address(address).key)
         except AddressError:
@@ -131,10 +197,41 @@ def _calendar_parts(msg: Message) -> Iterator[bytes]:
                 yield payload
 
 
-def _replies(msg: Message) -> list[Answer]:
+def _stamp(value: object, now: datetime) -> str:
+    """A DTSTAMP as the journal keeps it: a date alone is its midnight in UTC, anything
+    unreadable or in the future (it would lock the answer) is the moment it was read."""
+    moment: datetime | None = None
+    try:
+        found = getattr(value, "dt", None)
+    except Exception:  # icalendar's broken property: a DTSTAMP that is not a time
+        found = None
+    if isinstance(found, datetime):
+        moment = found if found.tzinfo is not None else found.replace(tzinfo=UTC)
+    elif isinstance(found, date):
+        moment = datetime(found.year, found.month, found.day, tzinfo=UTC)
+    if moment is None or moment > now:
+        moment = now
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _mailto(value: object) -> str | None:
+    match = _MAILTO.match(str(value or ""))
+    if match is None:
+        return None
+    try:
+        return check_address(match.group(1)).key
+    except AddressError:
+        return None
+
+
+def _replies(msg: Message) -> tuple[list[Answer], str]:
+    """The answers of every calendar REPLY in a message (one ATTENDEE each), and why a
+    REPLY found could not count (empty when none)."""
     import icalendar
 
+    now = datetime.now(UTC)
     found: dict[tuple[str, str], Answer] = {}
+    why = ""
     for data in _calendar_parts(msg):
         try:
             cal = icalendar.Calendar.from_ical(data)
@@ -146,64 +243,66 @@ def _replies(msg: Message) -> list[Answer]:
             uid = str(event.get("uid", ""))
             attendees = event.get("attendee")
             if not uid or attendees is None:
+                why = why or "a REPLY without UID or ATTENDEE"
                 continue
-            stamp = event.get("dtstamp")
-            at = stamp.dt.astimezone(UTC).isoformat(timespec="seconds") if stamp else \
-                datetime.now(UTC).isoformat(timespec="seconds")
-            for attendee in attendees if isinstance(attendees, list) else [attendees]:
-                state = PARTSTATS.get(str(attendee.params.get("PARTSTAT", "")).upper())
-                match = _MAILTO.match(str(attendee))
-                if state is None or match is None:
-                    continue
-                try:
-                    address = check_address(match.group(1)).key
-                except AddressError:
-                    continue
-                found[(uid, address)] = Answer(uid, address, state, at)
-    return list(found.values())
+            attendees = attendees if isinstance(attendees, list) else [attendees]
+            if len(attendees) != 1:
+                why = f"a REPLY with {len(attendees)} ATTENDEEs (one answers for one guest)"
+                continue
+            attendee = attendees[0]
+            state = PARTSTATS.get(str(attendee.params.get("PARTSTAT", "")).upper())
+            address = _mailto(attendee)
+            if state is None or address is None:
+                why = f"a REPLY whose ATTENDEE cannot be read ({printable(str(attendee), 80)})"
+                continue
+            try:
+                sequence = int(str(event.get("sequence", 0)))
+            except ValueError:
+                sequence = 0
+            found[(uid, address)] = Answer(uid, address, state, _stamp(event.get("dtstamp"), now),
+                                           sequence, _mailto(attendee.params.get("SENT-BY")))
+    return list(found.values()), why
 
 
-def _dsn(msg: Message) -> list[Bounce] | None:
+def _returned_ids(msg: Message, data: bytes) -> tuple[str, ...]:
+    """Every Message-ID a bounce returns (of the message it is about), not its own."""
+    own = str(msg.get("Message-ID", "")).strip()
+    body = data.split(b"\r\n\r\n", 1)[-1] if b"\r\n\r\n" in data else \
+        data.split(b"\n\n", 1)[-1]
+    found = [m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(body)]
+    return tuple(dict.fromkeys(i for i in found if i != own))
+
+
+def _dsn(msg: Message, data: bytes) -> list[Bounce] | None:
     """The recipients of an RFC 3464 delivery status notification, or None if it is not
     one."""
     if msg.get_content_type() != "multipart/report" or \
             str(msg.get_param("report-type", "")).lower() != "delivery-status":
         return None
-    original = None
     status_blocks: list[Message] = []
     for part in msg.walk():
-        kind = part.get_content_type()
-        if kind == "message/delivery-status":
+        if part.get_content_type() == "message/delivery-status":
             payload = part.get_payload()
             if isinstance(payload, list):  # the email package parses it into blocks
                 status_blocks = [p for p in payload if isinstance(p, Message)]
-        elif kind in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
-            inner = part.get_payload()
-            if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-                original = inner[0].get("Message-ID")
-            elif isinstance(inner, str):
-                found = re.search(r"(?im)^message-id:\s*(<[^>\r\n]+>)", inner)
-                original = found.group(1) if found else None
+    returned = _returned_ids(msg, data)
     bounces = []
     for block in status_blocks[1:]:  # the first holds the per-message fields
-        recipient = str(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
+        recipient = str(block.get("Original-Recipient", "") or block.get("Final-Recipient", ""))
         action = str(block.get("Action", "")).strip().lower()
-        status = str(block.get("Status", "")).strip()
-        address = recipient.split(";", 1)[-1].strip()
+        status = printable(str(block.get("Status", "")).strip(), 60)
         try:
-            key = check_address(address).key
+            key = check_address(recipient.split(";", 1)[-1].strip()).key
         except AddressError:
             continue
         if action == "failed":
-            bounces.append(Bounce(key, status.startswith("5"), status,
-                                  str(original).strip() if original else None))
+            bounces.append(Bounce(key, status.startswith("5"), status, returned))
         elif action == "delayed":
-            bounces.append(Bounce(key, False, status or "4.0.0",
-                                  str(original).strip() if original else None))
+            bounces.append(Bounce(key, False, status or "4.0.0", returned))
     return bounces
 
 
-def _flufl(msg: EmailMessage) -> list[Bounce]:
+def _flufl(msg: EmailMessage, data: bytes) -> list[Bounce]:
     """Non-standard bounces (Exchange NDRs, qmail, old Exim, ...) by flufl.bounce."""
     from flufl.bounce import all_failures
 
@@ -211,6 +310,7 @@ def _flufl(msg: EmailMessage) -> list[Bounce]:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector that chokes on a strange message: not a bounce
         return []
+    returned = _returned_ids(msg, data)
     found = []
     for hard, addresses in ((True, permanent), (False, temporary - permanent)):
         for raw in addresses:
@@ -218,14 +318,49 @@ def _flufl(msg: EmailMessage) -> list[Bounce]:
                 key = check_address(raw.decode("utf-8", "replace")).key
             except AddressError:
                 continue
-            found.append(Bounce(key, hard, "5.0.0" if hard else "4.0.0", None))
+            found.append(Bounce(key, hard, "5.0.0" if hard else "4.0.0", returned))
     return found
 
 
-def classify(data: bytes, unsubscribe_to: str | None = None) -> Finding:
-    """What one message is (see the module's docstring for the order)."""
+def vouch(msg: Message, sender: str | None, authserv: str | None) -> str | None:
+    """What the organiser's own mail server (``authserv``, its authserv-id) says of the
+    From: ``pass`` (dmarc=pass, or dkim=pass for the From's domain), ``fail``
+    (dmarc=fail), or None (no such header, nothing said, or no server trusted). Only the
+    first such header counts: the server writes it above anything the sender wrote."""
+    if not authserv or sender is None:
+        return None
+    domain = sender.rpartition("@")[2]
+    for header in msg.get_all("Authentication-Results", []):
+        text = re.sub(r"\([^()]*\)", " ", str(header)[:MAX_HEADER])  # comments out
+        parts = [p.strip() for p in text.split(";")]
+        if not parts or (parts[0].split()[:1] != [authserv.lower()] and \
+                parts[0].split()[:1] != [authserv]):
+            continue
+        results = [p.lower().split() for p in parts[1:] if p]
+        for words in results:
+            if words and words[0] == "dmarc=pass":
+                return "pass"
+            if words and words[0] == "dmarc=fail":
+                return "fail"
+        for words in results:
+            if words and words[0] == "dkim=pass":
+                signer = next((w.split("=", 1)[1] for w in words[1:]
+                               if w.startswith(("header.d=", "header.i="))), "")
+                signer = signer.rpartition("@")[2]
+                if signer and (domain == signer or domain.endswith("." + signer)):
+                    return "pass"
+        return None
+    return None
+
+
+def classify(data: bytes, unsubscribe_to: str | None = None,
+             authserv: str | None = None) -> Finding:
+    """What one message is (see the module's docstring for the order). It may raise on
+    a message built to break a parser: ``classify_safely`` is the one to call."""
+    if len(_MULTIPART.findall(data)) > MAX_PARTS:
+        return Finding("unreadable", why=f"more than {MAX_PARTS} nested MIME parts")
     msg = message_from_bytes(data, policy=policy.compat32)
-    dsn = _dsn(msg)
+    dsn = _dsn(msg, data)
     if dsn is not None:
         return Finding("bounce", bounces=dsn)
     sender = next(iter(_addresses([str(msg.get("From", ""))])), None)
@@ -234,20 +369,51 @@ def classify(data: bytes, unsubscribe_to: str | None = None) -> Finding:
     if looks_bounced:
         typed = message_from_bytes(data, policy=policy.default)
         assert isinstance(typed, EmailMessage)
-        found = _flufl(typed)
+        found = _flufl(typed, data)
         if found:
             return Finding("bounce", bounces=found)
+    vouched = vouch(msg, sender, authserv)
+    answers, why = _replies(msg)  # an answer, even when sent as auto-generated
+    if answers or why:
+        return Finding("answer", answers=answers, sender=sender, vouched=vouched, why=why)
     if _is_auto_reply(msg):
         return Finding("auto-reply", sender=sender)
-    answers = _replies(msg)
-    if answers:
-        return Finding("answer", answers=answers, sender=sender)
     if unsubscribe_to is not None:
         to = _addresses([str(v) for v in msg.get_all("To", []) + msg.get_all("Delivered-To", [])
                          + msg.get_all("X-Original-To", [])])
         if unsubscribe_to in to:
-            return Finding("unsubscribe", sender=sender)
+            return Finding("unsubscribe", sender=sender, vouched=vouched)
     return Finding("other", sender=sender)
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: FrameType | None) -> None:
+    raise _TooSlow
+
+
+def classify_safely(data: bytes, unsubscribe_to: str | None = None,
+                    authserv: str | None = None) -> Finding:
+    """``classify`` within the limits: whatever goes wrong (a parser's recursion, a bad
+    date, a header built to be slow) makes the message ``unreadable``, with the reason."""
+    timed = threading.current_thread() is threading.main_thread()
+    if timed:
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, SECONDS)
+    try:
+        return classify(data[:MAX_BYTES], unsubscribe_to, authserv)
+    except _TooSlow:
+        return Finding("unreadable", why=f"not understood within {SECONDS:g} s")
+    except RecursionError:
+        return Finding("unreadable", why="nested too deep to read")
+    except Exception as exc:  # a message built to break a parser: named, never fatal
+        return Finding("unreadable", why=printable(f"{type(exc).__name__}: {exc}", 120))
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 # Tally ----------------------------------------------------------------------------------
@@ -263,7 +429,8 @@ class Tally:
     auto_replies: int = 0
     unsubscribes: int = 0
     other: int = 0
-    unplaced: list[str] = field(default_factory=list)  # answers or bounces nobody was sent
+    unreadable: int = 0
+    unplaced: Counter[str] = field(default_factory=Counter)  # reason → messages not recorded
 
     def summary(self, source: str) -> str:
         n_answers = sum(self.answers.values())
@@ -272,71 +439,132 @@ class Tally:
         def plural(count: int, one: str, many: str) -> str:
             return f"{count} {one if count == 1 else many}"
 
+        unplaced = sum(self.unplaced.values())
+        why = ", ".join(f"{count} {reason}" for reason, count in sorted(self.unplaced.items()))
         return (f"inbox: {self.read} read: {plural(n_answers, 'answer', 'answers')} "
                 f"({answers}), {plural(self.hard + self.soft, 'bounce', 'bounces')} "
                 f"({self.hard} hard, {self.soft} soft), "
                 f"{plural(self.auto_replies, 'auto-reply', 'auto-replies')}, "
                 f"{plural(self.unsubscribes, 'unsubscribe', 'unsubscribes')}, {self.other} other"
-                + (f", {len(self.unplaced)} not recorded (named above)" if self.unplaced else "")
+                + (f", {self.unreadable} unreadable" if self.unreadable else "")
+                + (f", {unplaced} not recorded: {why} (named above)" if unplaced else "")
                 + f" ({source})")
 
 
 # One run of ``mailer inbox`` ------------------------------------------------------------
 
 def read(journal: Journal, source: str, items: Iterator[Item], *, unsubscribe_to: str | None,
-         dry_run: bool, say: Callable[[str], None], quiet: bool = False) -> Tally:
-    """Classify every message not read before and record what it says, in one
-    transaction (rolled back by ``dry_run``, which only says what it would record)."""
+         dry_run: bool, say: Callable[[str], None], quiet: bool = False,
+         authserv: str | None = None) -> Tally:
+    """Classify every message not read before and record what it says, ``BATCH`` messages
+    a transaction, each classified before the write lock is taken (``dry_run`` rolls each
+    batch back and only says what it would record)."""
     tally = Tally()
+    tell = (lambda _: None) if quiet else say
+    batch: list[tuple[Item, Finding]] = []
+    for item in items:
+        if journal.seen(source, item.ident) or any(i.ident == item.ident for i, _ in batch):
+            continue
+        tally.read += 1
+        batch.append((item, classify_safely(item.data, unsubscribe_to, authserv)))
+        if len(batch) >= BATCH:
+            _write(journal, source, batch, tally, dry_run, say, tell)
+    _write(journal, source, batch, tally, dry_run, say, tell)
+    return tally
+
+
+def _write(journal: Journal, source: str, batch: list[tuple[Item, Finding]], tally: Tally,
+           dry_run: bool, say: Callable[[str], None], tell: Callable[[str], None]) -> None:
+    """Record a batch in one short transaction (rolled back by a dry run) and empty it."""
+    if not batch:
+        return
     db = journal.db
     db.execute("BEGIN IMMEDIATE")
     try:
-        for item in items:
-            if journal.seen(source, item.ident):
-                continue
+        for item, finding in batch:
             journal.mark_seen(source, item.ident)
-            tally.read += 1
-            finding = classify(item.data, unsubscribe_to)
-            _record(journal, finding, tally, dry_run, say, (lambda _: None) if quiet else say)
+            _record(journal, item, finding, tally, dry_run, say, tell)
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("ROLLBACK" if dry_run else "COMMIT")
-    return tally
+    batch.clear()
 
 
-def _record(journal: Journal, finding: Finding, tally: Tally, dry_run: bool,
+def _where(item: Item) -> str:
+    """A message named once: its place in the source and its Message-ID."""
+    msgid = _ident(item.data)
+    name = f"message {printable(item.ident, 80)}"
+    return name if msgid == item.ident or msgid.startswith("sha256:") \
+        else f"{name} {printable(msgid, 120)}"
+
+
+def _record(journal: Journal, item: Item, finding: Finding, tally: Tally, dry_run: bool,
             say: Callable[[str], None], tell: Callable[[str], None]) -> None:
     """Record one finding; ``say`` what needs a human (what could not be placed), ``tell``
     the rest (silent with --quiet)."""
     would = "would record: " if dry_run else ""
-    if finding.kind == "answer":
+
+    def refuse(reason: str, text: str) -> None:
+        tally.unplaced[reason] += 1
+        say(f"not recorded ({reason}): {text}")
+
+    if finding.kind == "unreadable":
+        tally.unreadable += 1
+        say(f"not read: {_where(item)}: {finding.why}")
+    elif finding.kind == "answer":
+        sender = finding.sender or "an unknown sender"
+        if finding.why and not finding.answers:
+            refuse("unreadable answer", f"{finding.why}, from {sender}")
         for answer in finding.answers:
-            if journal.record_answer(answer.uid, answer.email, answer.answer, answer.at):
+            what = f"an answer for {answer.email} ({answer.answer}) from {sender}"
+            if finding.vouched == "fail":
+                refuse("unverified", f"{what}: the sender failed DMARC at the organiser's "
+                                     f"mail server")
+                continue
+            if finding.sender != answer.email and not (
+                    answer.sent_by is not None and answer.sent_by == finding.sender
+                    and journal.held(answer.uid, answer.sent_by) is not None):
+                refuse("unverified", f"{what}: not sent by the guest")
+                continue
+            done = journal.record_answer(answer.uid, answer.email, answer.answer, answer.at,
+                                         answer.sequence)
+            if done == "recorded":
                 tally.answers[answer.answer] += 1
                 if dry_run:
                     tell(f"{would}{answer.email} {answer.answer} ({answer.uid})")
+            elif done == "history":
+                tally.answers[answer.answer] += 1
+                tell(f"{would}{answer.email} {answer.answer} to an earlier version of "
+                     f"{answer.uid}: kept as history")
             else:
-                tally.unplaced.append(answer.email)
-                say(f"not recorded: an answer from {answer.email} ({answer.answer}) to "
-                    f"{answer.uid}, which this journal did not send them")
+                refuse("not invited", f"{what} to {printable(answer.uid, 120)}, which this "
+                                      f"journal did not send them")
     elif finding.kind == "bounce":
         for bounce in finding.bounces:
             if not bounce.hard:
                 tally.soft += 1
+                tell(f"soft bounce: {bounce.email} ({bounce.status}); noted only")
                 continue
             tally.hard += 1
-            if journal.record_bounce(bounce.email, bounce.message_id, bounce.status):
+            if journal.record_bounce(bounce.email, bounce.message_ids, bounce.status):
                 tell(f"{would}bounced: {bounce.email} ({bounce.status}); never mailed again")
             else:
-                tally.unplaced.append(bounce.email)
-                say(f"not recorded: a bounce for {bounce.email} ({bounce.status}), whom "
-                    f"this journal sent nothing")
+                refuse("unverified bounce", f"a bounce for {bounce.email} ({bounce.status}) "
+                                            f"returns no Message-ID this journal sent them")
     elif finding.kind == "auto-reply":
         tally.auto_replies += 1
     elif finding.kind == "unsubscribe" and finding.sender is not None:
         tally.unsubscribes += 1
-        journal.suppress(finding.sender, finding.sender, "unsubscribe")
-        tell(f"{would}unsubscribed: {finding.sender}; never mailed again")
+        if finding.vouched == "pass":
+            journal.suppress(finding.sender, finding.sender, "unsubscribe")
+            tell(f"{would}unsubscribed: {finding.sender}; never mailed again")
+        else:
+            journal.note_unverified("unsubscribe", finding.sender, item.ident)
+            refuse("unverified", f"an unsubscribe from {finding.sender}: the organiser's "
+                                 f"mail server does not vouch for the sender (confirm with "
+                                 f"mailer forget or a suppression file; mailer status lists "
+                                 f"it)")
     else:
         tally.other += 1
+

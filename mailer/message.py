@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import re
 import time
 from collections.abc import Sequence
@@ -56,11 +57,14 @@ def wire_form(data: bytes) -> bytes:
     return stuffed + b".\r\n"
 
 
-def message_id(campaign: str, key: str, domain: str) -> str:
+def message_id(campaign: str, key: str, domain: str, secret: bytes = b"") -> str:
     """Unique per message, stable for campaign + recipient: a re-send after a crash carries
-    the same Message-ID, so a duplicate is recognisable."""
-    digest = hashlib.sha256(f"{campaign}\x00{key}".encode()).hexdigest()[:32]
-    return f"<{digest}@{domain}>"
+    the same Message-ID, so a duplicate is recognisable. A MAC keyed by the journal's
+    secret: nobody else can make the Message-ID of a guest's message, so a bounce that
+    returns one speaks for that message (a dry run before the first send, with no journal
+    yet, uses an empty key)."""
+    digest = hmac.new(secret, f"{campaign}\x00{key}".encode(), hashlib.sha256).hexdigest()
+    return f"<{digest[:32]}@{domain}>"
 
 
 def _base64_lines(data: bytes) -> str:

@@ -82,6 +82,7 @@ class Knowledge:
     sequence: int | None = None  # the event version this run sends
     versions: dict[int, dict[str, str]] = field(default_factory=dict)
     expiry: str = ""  # a deferred guest first tried before this has expired
+    secret: bytes = b""  # the journal's (see message.message_id)
     journal: Journal | None = None  # asked guest by guest (None: nobody is known)
 
     def guest(self, key: str) -> tuple[State | None, int | None, bool]:
@@ -101,9 +102,9 @@ class Knowledge:
 def read_knowledge(path: Path | None, campaign: str, *, uid: str = "",
                    event_fields: tuple[dict[str, str], str, int] | None = None,
                    retry_for: float = 0.0) -> tuple[Knowledge, Journal | None]:
-    """What the journal at ``path`` knows of this campaign, without writing (a journal
-    that does not exist knows nothing). Returns the knowledge and the open journal (to
-    be closed by the caller), or None."""
+    """What the journal at ``path`` knows of this campaign, without writing to it (a
+    journal that does not exist knows nothing). Returns the knowledge and the open
+    journal (to be closed by the caller), or None."""
     knowledge = Knowledge(campaign)
     if path is None or not path.exists():
         return knowledge, None
@@ -111,6 +112,7 @@ def read_knowledge(path: Path | None, campaign: str, *, uid: str = "",
     from .journal.deliveries import expiry_cutoff
 
     journal = Journal(path, create=False)
+    knowledge.secret = journal.secret
     knowledge.suppressed = journal.suppressed_keys()
     knowledge.bounced = journal.bounced_keys()
     knowledge.expiry = expiry_cutoff(retry_for)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import click
 
 from .address import Mailbox, check_address
 from .campaign import Campaign, CheckReport, Visit
-from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, InputError
+from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, InputError, TemporaryError
 from .files import private_dir
 from .message import content_id
 from .models import Decision, Kind, Outgoing, Recipient, Rendered, Skip, Stats
@@ -72,7 +73,8 @@ class Result:
 def _knowledge(campaign: Campaign, path: Path | None, options: SendOptions
                ) -> tuple[Knowledge, Journal | None]:
     """What the journal knows, given to the campaign (answers, suppressions, the event
-    version this run sends); the journal is left open for the plan's questions."""
+    version this run sends, its secret); the journal is left open for the plan's
+    questions."""
     event = campaign.event
     fields = None if event is None else (event.shown(), event.fingerprint(), event.sequence)
     knowledge, journal = read_knowledge(path, campaign.id, uid=campaign.uid,
@@ -236,13 +238,19 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
     with CampaignLock(journal_path, campaign.id), contextlib.ExitStack() as stack:
         knowledge, known = _knowledge(campaign, journal_path, options)
         if known is not None:
-            stack.callback(known.close)
+            stack.enter_context(known)
+        else:  # the journal's secret is made now and kept when the journal is
+            campaign.secret = knowledge.secret = secrets.token_bytes(32)
         private_dir(journal_path.parent)
         queue = stack.enter_context(Queue(journal_path.parent))
         planner = Planner(knowledge, retry_failed=options.retry_failed, only=options.only)
         check_or_fail(campaign, reporter, planner, _into(queue, campaign))
         result.plan = tally = planner.tally
-        journal = stack.enter_context(Journal(journal_path))
+        # Written from here on, only once the whole list is good.
+        journal = known or stack.enter_context(Journal(journal_path, secret=knowledge.secret))
+        if journal.secret != knowledge.secret:  # another run made the journal meanwhile
+            raise TemporaryError(f"{journal_path}: another run created this journal while "
+                                 f"this one checked the list; run again (nothing was sent)")
         journal.sync(campaign.id, campaign.template, campaign.listing.display, queue.guests,
                      excluded=queue.excluded > 0)
         expired = journal.expire(campaign.id, options.retry_for)
@@ -308,6 +316,10 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
               options: SendOptions, reporter: Reporter) -> Result:
     """Send the message of one real recipient only to the test addresses."""
     wanted = check_address(recipient_email).key if recipient_email else None
+    knowledge, journal = read_knowledge(campaign.settings.journal, campaign.id)
+    if journal is not None:
+        journal.close()
+    campaign.use_knowledge(knowledge)  # the journal's secret, for the Message-ID
     chosen: list[Recipient] = []
 
     def visit(recipient: Recipient, decision: Decision | None, rendered: Rendered | None,

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     imap_password: SecretStr | None = None
     imap_folder: str = "INBOX"
     imap_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
+    # the authserv-id of the organiser's own mail server: its Authentication-Results vouch
+    # for a sender (an unsubscribe by mail counts only then)
+    inbox_trusted_authserv: str | None = None
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
 
     @field_validator("smtp_security", "imap_security", mode="before")
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
 
     @field_validator("smtp_username", "smtp_helo", "reply_to", "sender", "unsubscribe_url",
                      "rate_limit", "unsubscribe_mailto", "imap_host", "imap_username",
-                     "archive_bcc",
+                     "archive_bcc", "inbox_trusted_authserv",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:

@@ -70,6 +70,8 @@ class Recorder:
     max_active: int = 0
     connections: int = 0
     helos: list[str] = field(default_factory=list)
+    # (monotonic time, connection) of every MAIL FROM: when each message started
+    mail_at: list[tuple[float, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
@@ -82,6 +84,7 @@ class Recorder:
 
     async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
+        self.mail_at.append((time.monotonic(), id(session)))
         if self.mail_reply is not None:
             return self.mail_reply
         envelope.mail_from = address

@@ -36,6 +36,16 @@ def reply_ics(attendee: str, partstat: str, prodid: str, stamp: str = "20261201T
             f"SUMMARY:Felles kompetanseløft\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n").encode()
 
 
+AUTHSERV = "mx.example.org"  # the organiser's own mail server, as the tests name it
+
+
+def vouched(domain: str, dmarc: str = "pass", server: str = AUTHSERV) -> str:
+    """An Authentication-Results header as Microsoft 365 or Gmail write it."""
+    return (f"{server}; spf=pass (sender IP is 192.0.2.1) smtp.mailfrom={domain}; "
+            f"dkim=pass (signature was verified) header.d={domain}; dmarc={dmarc} "
+            f"action=none header.from={domain}")
+
+
 def base(sender: str, subject: str, msgid: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = sender
@@ -185,7 +195,8 @@ def sent(tmp_path: Path, smtp: Server) -> tuple[Path, Path, dict[str, str]]:
     controller, handler = smtp
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
-    env = smtp_env(controller, MAILER_UNSUBSCRIBE_MAILTO="avmelding@example.org")
+    env = smtp_env(controller, MAILER_UNSUBSCRIBE_MAILTO="avmelding@example.org",
+                   MAILER_INBOX_TRUSTED_AUTHSERV=AUTHSERV)
     listing = write(tmp_path / "gjester.csv", GUESTS)
     result = run("send", str(listing), "--template", "invitasjon", "--templates-dir",
                  str(templates), env=env)
@@ -203,6 +214,7 @@ def sent(tmp_path: Path, smtp: Server) -> tuple[Path, Path, dict[str, str]]:
 def mailbox_of(env: dict[str, str]) -> list[EmailMessage]:
     unsubscribe = base("Emma Larsen <emma@example.org>", "unsubscribe", "<unsub.emma>")
     unsubscribe.replace_header("To", "avmelding@example.org")
+    unsubscribe["Authentication-Results"] = vouched("example.org")
     unsubscribe.set_content("")
     unrelated = base("Nils <nils@example.com>", "Spørsmål om parkering", "<other.nils>")
     unrelated.set_content("Er det parkering ved Trondheim Spektrum?")
@@ -237,10 +249,13 @@ def test_answers_bounces_and_unsubscribes_land_on_the_right_guests(
     result = run("inbox", "--maildir", str(folder), env=env)
     assert result.exit_code == 0, result.output
     assert ("inbox: 13 read: 5 answers (2 accepted, 2 declined, 1 tentative), 4 bounces "
-            "(3 hard, 1 soft), 1 auto-reply, 1 unsubscribe, 1 other, 2 not recorded (named "
-            "above)") in result.output
-    assert "not recorded: an answer from stranger@example.com" in result.output
-    assert "not recorded: a bounce for nobody@example.net" in result.output
+            "(3 hard, 1 soft), 1 auto-reply, 1 unsubscribe, 1 other, 2 not recorded: 1 not "
+            "invited, 1 unverified bounce (named above)") in result.output
+    assert "not recorded (not invited): an answer for stranger@example.com (accepted) from " \
+           "stranger@example.com" in result.output
+    assert "not recorded (unverified bounce): a bounce for nobody@example.net (5.0.0) " \
+           "returns no Message-ID this journal sent them" in result.output
+    assert "soft bounce: emma@example.org (4.2.2); noted only" in result.output
     rows = {r["email"]: r for r in status_json(env)["recipients"]}
     assert rows["kari@example.org"]["answer"] == "declined"  # the later answer wins
     assert rows["ase@example.org"]["answer"] == "declined"

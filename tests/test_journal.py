@@ -464,11 +464,11 @@ def test_a_journal_of_every_earlier_release_upgrades_with_its_rows(
 
 
 def test_the_state_check_is_made_from_the_enum() -> None:
-    from mailer.journal.schema import CURRENT
+    from mailer.journal.schema import BASE
     from mailer.models import State
 
     db = sqlite3.connect(":memory:")
-    db.executescript(CURRENT)
+    db.executescript(BASE)
     for state in State:
         db.execute("INSERT INTO deliveries (campaign, key, email, state, created, updated) "
                    "VALUES ('c', ?, 'a@example.org', ?, 'x', 'x')", (state.value, state.value))

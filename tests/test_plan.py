@@ -20,7 +20,7 @@ from mailer.plan import decide
 from tests.conftest import Server, people, run, send, smtp_env, write
 from tests.daemons import wait_until
 from tests.test_events import GUESTS, edit_event, received, shipped  # noqa: F401
-from tests.test_inbox import base
+from tests.test_inbox import AUTHSERV, base, vouched
 from tests.test_journal import counts, spawn, status_json
 
 
@@ -132,12 +132,14 @@ def test_a_suppressed_holder_leaves_nothing_remaining_and_the_dry_run_counts_the
     to them, and no run says they remain (before: "1 remain for the next run", forever);
     the dry run of the update counts what the real run sends."""
     controller, handler = smtp
-    env = smtp_env(controller, MAILER_UNSUBSCRIBE_MAILTO="avmelding@example.org")
+    env = smtp_env(controller, MAILER_UNSUBSCRIBE_MAILTO="avmelding@example.org",
+                   MAILER_INBOX_TRUSTED_AUTHSERV=AUTHSERV)
     listing = write(tmp_path / "gjester.csv", GUESTS)
     first = send(shipped, listing, env, template="invitasjon")
     assert first.exit_code == 0 and len(handler.messages) == 3, first.output
     unsubscribe = base("Emma Larsen <emma@example.org>", "unsubscribe", "<unsub.emma>")
     unsubscribe.replace_header("To", "avmelding@example.org")
+    unsubscribe["Authentication-Results"] = vouched("example.org")
     box = mailbox.mbox(tmp_path / "inn.mbox")
     box.add(unsubscribe)
     box.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .credentials import Login
 
 DATA_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the reply to the end of the message
+MESSAGE_LIMIT = 1 << 20  # what the inbox reads of one message: answers and bounces are small
 
 
 @dataclass(frozen=True)

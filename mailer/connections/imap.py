@@ -1,5 +1,7 @@
 """The organiser's mailbox over IMAP, read-only: the folder is opened with ``EXAMINE``
-and every message fetched with ``BODY.PEEK[]``, so no flag changes."""
+and every message fetched with ``BODY.PEEK[]``, so no flag changes; at most
+``MESSAGE_LIMIT`` bytes of each (a partial fetch), so a 50 MB message costs no more
+memory than a small one."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 
 from ..errors import ConfigError, TemporaryError
 from ..models import Item
-from .config import ImapConfig
+from .config import MESSAGE_LIMIT, ImapConfig
 from .credentials import refuse_clear_text
 
 
@@ -90,7 +92,7 @@ def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
     def fetch() -> Iterator[Item]:
         try:
             for uid in uids:
-                status, data = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+                status, data = conn.uid("FETCH", uid, f"(BODY.PEEK[]<0.{MESSAGE_LIMIT}>)")
                 raw = next((part[1] for part in data if isinstance(part, tuple)), None)
                 if status == "OK" and isinstance(raw, bytes):
                     yield Item(uid.decode(), raw)

@@ -31,8 +31,9 @@ __all__ = ["EXCLUDED", "ON_LIST", "SCHEMA_VERSION", "SUPPRESSED", "CampaignLock"
 class Journal(Deliveries, Events, InboxRecords, Erasure):
     """An open journal file. Use as a context manager."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
-        super().__init__(path, create=create)
+    def __init__(self, path: Path, *, create: bool = True, secret: bytes | None = None
+                 ) -> None:
+        super().__init__(path, create=create, secret=secret)
 
     def __enter__(self) -> Journal:
         return self

@@ -12,9 +12,11 @@ class Erasure(Store):
         the rows deleted."""
         deleted = 0
         with self.transaction() as db:
-            for table in ("deliveries", "holders", "answers", "suppressions"):
+            for table in ("deliveries", "holders", "answers", "answer_history",
+                          "suppressions"):
                 deleted += db.execute(f"DELETE FROM {table} WHERE key = ?",  # noqa: S608
                                       (key,)).rowcount
+            db.execute("DELETE FROM unverified WHERE email = ?", (key,))
         self.compact()
         return deleted
 
@@ -27,7 +29,8 @@ class Erasure(Store):
                 others = db.execute("SELECT count(*) FROM campaigns WHERE event = ? AND id != ?",
                                     (row[0], campaign)).fetchone()[0]
                 if not others:
-                    for table in ("holders", "event_versions", "events", "answers"):
+                    for table in ("holders", "event_versions", "events", "answers",
+                                  "answer_history"):
                         db.execute(f"DELETE FROM {table} WHERE uid = ?", (row[0],))  # noqa: S608
             deleted = db.execute("DELETE FROM deliveries WHERE campaign = ?",
                                  (campaign,)).rowcount

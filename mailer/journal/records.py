@@ -16,41 +16,61 @@ class InboxRecords(Store):
         self.db.execute("INSERT OR IGNORE INTO inbox_seen (source, ident) VALUES (?, ?)",
                         (source, ident))
 
-    def record_answer(self, uid: str, key: str, answer: str, at: str) -> bool:
-        """Record a guest's answer to an event this journal sent them; False (nothing
-        recorded) for an unknown event or a guest who was not invited. A later answer
-        replaces an earlier one."""
-        row = self.db.execute("SELECT email FROM holders WHERE uid = ? AND key = ?",
+    def record_answer(self, uid: str, key: str, answer: str, at: str, sequence: int = 0
+                      ) -> str:
+        """Record a guest's answer to an event this journal sent them: ``recorded``; kept
+        as history only (``history``) when it answers an older version than the guest
+        holds; ``not invited`` (nothing recorded) for an unknown event or a guest who was
+        not invited. Of answers to the same version the later DTSTAMP wins, and of equal
+        ones the one read last."""
+        row = self.db.execute("SELECT email, sequence FROM holders WHERE uid = ? AND key = ?",
                               (uid, key)).fetchone()
         if row is None:
-            return False
+            return "not invited"
+        self.db.execute("INSERT INTO answer_history (uid, key, sequence, answer, answered_at, "
+                        "read_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (uid, key, sequence, answer, at, now()))
+        if sequence < int(row[1]):
+            return "history"
         self.db.execute(
-            "INSERT INTO answers (uid, key, email, answer, answered_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (uid, key) DO UPDATE SET answer = excluded.answer, answered_at = "
-            "excluded.answered_at WHERE excluded.answered_at >= answers.answered_at",
-            (uid, key, row[0], answer, at))
-        return True
+            "INSERT INTO answers (uid, key, email, answer, answered_at, sequence) VALUES "
+            "(?, ?, ?, ?, ?, ?) ON CONFLICT (uid, key) DO UPDATE SET answer = excluded.answer, "
+            "answered_at = excluded.answered_at, sequence = excluded.sequence WHERE "
+            "excluded.sequence > answers.sequence OR (excluded.sequence = answers.sequence "
+            "AND excluded.answered_at >= answers.answered_at)",
+            (uid, key, row[0], answer, at, sequence))
+        return "recorded"
 
-    def record_bounce(self, key: str, message_id: str | None, status: str) -> bool:
-        """A hard bounce: the guest's rows become 'bounced' and the address is suppressed
-        for every later send. Matched by the returned Message-ID, else by the address among
-        guests sent something; False when nobody matches."""
-        rows = []
-        if message_id:
-            rows = self.db.execute("SELECT campaign, key, email FROM deliveries WHERE "
-                                   "message_id = ?", (message_id,)).fetchall()
-        if not rows:
-            rows = self.db.execute("SELECT campaign, key, email FROM deliveries WHERE key = ? "
-                                   "AND state IN ('sent', 'sending')", (key,)).fetchall()
-        if not rows:
-            return False
+    def record_bounce(self, key: str, message_ids: tuple[str, ...], status: str) -> bool:
+        """A hard bounce: the guest's row becomes 'bounced' and the address is suppressed
+        for every later send, only when the bounce returns a Message-ID this journal
+        sent to that very address (Message-IDs are a MAC keyed by the journal's secret:
+        nobody else can make one). False, nothing recorded, otherwise."""
         stamp = now()
-        for campaign, found, address in rows:
-            self.db.execute("UPDATE deliveries SET state = 'bounced', reply = ?, updated = ? "
-                            "WHERE campaign = ? AND key = ?",
-                            (f"bounced: {status}", stamp, campaign, found))
-            self.suppress(found, address, f"bounce {status}")
-        return True
+        found = False
+        for message_id in message_ids:
+            for campaign, address in self.db.execute(
+                    "SELECT campaign, email FROM deliveries WHERE message_id = ? AND key = ?",
+                    (message_id, key)).fetchall():
+                self.db.execute("UPDATE deliveries SET state = 'bounced', reply = ?, "
+                                "updated = ? WHERE campaign = ? AND key = ?",
+                                (f"bounced: {status}", stamp, campaign, key))
+                self.suppress(key, address, f"bounce {status}")
+                found = True
+        return found
+
+    def note_unverified(self, kind: str, email: str, ident: str) -> None:
+        """Something the inbox could not verify (an unsubscribe by mail whose sender no
+        trusted server vouched for), for ``status`` to list for a human to confirm."""
+        self.db.execute("INSERT OR REPLACE INTO unverified (kind, email, ident, at) VALUES "
+                        "(?, ?, ?, ?)", (kind, email, ident, now()))
+
+    def unverified(self) -> list[tuple[str, str, str]]:
+        """(kind, email, when) of what waits for a human, oldest first, not yet forgotten
+        or suppressed."""
+        return [(str(k), str(e), str(a)) for k, e, a in self.db.execute(
+            "SELECT kind, email, at FROM unverified u WHERE NOT EXISTS (SELECT 1 FROM "
+            "suppressions s WHERE s.key = u.email) ORDER BY at, email")]
 
     def suppress(self, key: str, address: str, reason: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO suppressions (key, email, reason, at) "

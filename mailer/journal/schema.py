@@ -8,12 +8,13 @@ changed. The CHECK on a guest's state is generated from ``models.State``.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable
 
 from ..models import State
 
-VERSION = 5
+VERSION = 6
 
 STATE_CHECK = "CHECK (state IN ({}))".format(", ".join(f"'{s.value}'" for s in State))
 
@@ -101,7 +102,35 @@ CREATE TABLE inbox_seen (
 ) WITHOUT ROWID;
 """
 
-CURRENT = CAMPAIGNS + DELIVERIES + EVENTS + INBOX
+# Since version 6: the journal's secret (the key of the MAC in every Message-ID, so that
+# a bounce can be matched only through a Message-ID this journal made), every answer ever
+# read (an answer to an older version of the event is kept here and never replaces one to
+# the current version), and what the inbox could not verify, for a human to confirm.
+TRUST = """
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE answer_history (
+    uid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    answered_at TEXT NOT NULL,
+    read_at TEXT NOT NULL
+);
+CREATE TABLE unverified (
+    kind TEXT NOT NULL,
+    email TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (kind, email)
+) WITHOUT ROWID;
+"""
+
+# A new journal: the tables as version 5 made them, then every later upgrade (so a new
+# journal and an upgraded one are the same by construction).
+BASE, BASE_VERSION = CAMPAIGNS + DELIVERIES + EVENTS + INBOX, 5
 
 
 def _to_2(db: sqlite3.Connection) -> None:
@@ -128,8 +157,16 @@ def _to_5(db: sqlite3.Connection) -> None:
     _script(db, INBOX)
 
 
+def _to_6(db: sqlite3.Connection) -> None:
+    """The journal's secret, the sequence an answer was given to, every answer read, and
+    what the inbox could not verify (see TRUST). Message-IDs sent before keep their form:
+    a bounce of one of them is matched by the Message-ID as the journal recorded it."""
+    db.execute("ALTER TABLE answers ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0")
+    _script(db, TRUST)
+
+
 UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
+    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6}
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -149,10 +186,11 @@ def _rebuild_deliveries(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE deliveries_old")
 
 
-def upgrade(db: sqlite3.Connection) -> int:
+def upgrade(db: sqlite3.Connection, secret: bytes | None = None) -> int:
     """Bring a journal (a new, empty file: version 0) to VERSION, in one transaction, and
-    return the version it had. ValueError for a journal of a newer release, or a
-    database that is not a journal."""
+    return the version it had (a new journal: 5, as it is made). The journal's secret is
+    ``secret`` when it has none yet (else a new random one). ValueError for a journal of a
+    newer release, or a database that is not a journal."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version == VERSION:
         return version
@@ -169,10 +207,12 @@ def upgrade(db: sqlite3.Connection) -> int:
                 raise ValueError("a database of something else, not a mailer journal")
             version = 1
         if version == 0:
-            _script(db, CURRENT)
-        else:
-            for step in range(version + 1, VERSION + 1):
-                UPGRADES[step](db)
+            _script(db, BASE)
+            version = BASE_VERSION
+        for step in range(version + 1, VERSION + 1):
+            UPGRADES[step](db)
+        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('secret', ?)",
+                   ((secret or secrets.token_bytes(32)).hex(),))
         db.execute(f"PRAGMA user_version = {VERSION}")
     except BaseException:
         db.execute("ROLLBACK")

@@ -1,7 +1,10 @@
 """The journal file: opened safely (never through a symlink, owner-only), upgraded to the
 current schema, and the transactions every part of the journal writes in.
 
-WAL mode with synchronous=NORMAL: a commit survives the process being killed.
+WAL mode with synchronous=FULL: every commit is on disk (the write-ahead log fsync'ed)
+before the next step depends on it, so a commit survives the machine dying, not only the
+process. The delivery promise rests on it: a ``sent`` mark that only reached the page
+cache would roll back after a power loss, and that guest would be sent the message again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ def now() -> str:
 class Store:
     """An open journal file: the connection and its transactions."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, secret: bytes | None = None
+                 ) -> None:
         self.path = path
         if path.is_symlink():
             raise ConfigError(f"{path}: the journal is a symbolic link: refusing to follow it "
@@ -45,13 +49,13 @@ class Store:
             # and 1 KiB pages make that a quarter of the bytes (a new journal only).
             self.db.execute("PRAGMA page_size=1024")
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA synchronous=FULL")
             # A checkpoint (WAL to the database, and fsync) every 8 MiB of WAL instead of
             # every 1 MiB: a send commits a few pages per message, and each checkpoint cost
             # it more than the commits in between (~15% of the journal's time).
             self.db.execute("PRAGMA wal_autocheckpoint=8192")
             self.db.execute("PRAGMA busy_timeout=10000")
-            self.upgraded_from = schema.upgrade(self.db)
+            self.upgraded_from = schema.upgrade(self.db, secret)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
@@ -75,6 +79,13 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    @property
+    def secret(self) -> bytes:
+        """The journal's own secret: the key of the MAC in every Message-ID (made once,
+        when the journal was created or upgraded to version 6)."""
+        row = self.db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+        return bytes.fromhex(str(row[0]))
 
     def compact(self) -> None:
         """Rewrite the file without free pages, so deleted rows are really gone."""
