@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import stat
 from pathlib import Path
 
 from .files import inside
@@ -58,15 +59,25 @@ class AttachmentStore:
         cached = self._cache.get(str(real))
         if cached is not None:
             return cached
-        if not real.exists():
-            raise AttachmentError(f"attachment {name!r}: no such file")
-        if not real.is_file():
-            raise AttachmentError(f"attachment {name!r}: not a regular file")
         try:
-            data = real.read_bytes()
+            with open(real, "rb") as handle:
+                info = os.fstat(handle.fileno())  # the file opened, not a name looked up
+                if not stat.S_ISREG(info.st_mode):
+                    raise AttachmentError(f"attachment {name!r}: not a regular file")
+                if info.st_size > MAX_BYTES:  # never read a file that cannot be sent
+                    raise AttachmentError(
+                        f"attachment {name!r}: {info.st_size / 1024 / 1024:.1f} MB, over the "
+                        f"25 MB most providers accept")
+                data = handle.read(info.st_size + 1)  # once; a file that grew is refused
+        except FileNotFoundError:
+            raise AttachmentError(f"attachment {name!r}: no such file") from None
+        except IsADirectoryError:
+            raise AttachmentError(f"attachment {name!r}: not a regular file") from None
         except OSError as exc:
             raise AttachmentError(f"attachment {name!r}: cannot read it: "
                                   f"{exc.strerror}") from None
+        if len(data) > info.st_size:
+            raise AttachmentError(f"attachment {name!r}: it grew while it was read")
         self.reads += 1
         attachment = Attachment(name, content_type(name), data, source=real.as_uri())
         if self._cached + len(data) <= _CACHE_BYTES:

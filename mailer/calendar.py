@@ -76,6 +76,8 @@ class Event(BaseModel):
         if value.tzinfo is not None:
             raise ValueError("give a local date-time (e.g. 2027-10-27T10:15:00) and set "
                              "'timezone'")
+        if not 1900 <= value.year <= 2200:  # calendars and time zone rules end somewhere
+            raise ValueError("the year must be between 1900 and 2200")
         return value
 
     _organizer = field_validator("organizer")(mailbox_setting)

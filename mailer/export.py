@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .files import open_private
 from .models import State
+from .text import printable
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -41,7 +42,14 @@ def _local(value: Any) -> Any:
 
 
 def _cells(fields: Sequence[str], row: Sequence[Any]) -> list[Any]:
-    return [_local(v) if f in TIME_COLUMNS else v for f, v in zip(fields, row, strict=True)]
+    return [_local(v) if f in TIME_COLUMNS else _safe(v)
+            for f, v in zip(fields, row, strict=True)]
+
+
+def _safe(value: Any) -> Any:
+    """A value as it may be shown: control characters escaped (a reply or a bounce
+    status from mail, in a journal written before they were stored escaped)."""
+    return printable(value, 10_000) if isinstance(value, str) else value
 
 
 def neutralise(value: Any) -> Any:
@@ -141,11 +149,12 @@ def status(journal: Journal, campaign: str | None, fmt: str, out: IO[str],
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FIELDS)
-        writer.writerows(rows)
+        writer.writerows([_safe(v) for v in row] for row in rows)
     else:
         counts = journal.counts(campaign)
         document = {"campaigns": [{"id": cid, "counts": {s.value: n for s, n in c.items()}}
                                   for cid, c in counts.items()],
-                    "recipients": [dict(zip(FIELDS, row, strict=True)) for row in rows]}
+                    "recipients": [dict(zip(FIELDS, map(_safe, row), strict=True))
+                                   for row in rows]}
         out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     return None

@@ -34,8 +34,6 @@ import email.utils
 import hashlib
 import os
 import re
-import signal
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,13 +41,14 @@ from datetime import UTC, date, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from pathlib import Path
-from types import FrameType
 
 from .address import AddressError, check_address
 from .connections.config import MESSAGE_LIMIT
 from .errors import InputError
 from .journal import Journal
+from .limits import TooSlow, within
 from .models import Item
+from .text import printable
 
 PARTSTATS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "tentative"}
 _AUTO_SUBJECT = re.compile(
@@ -58,20 +57,12 @@ _AUTO_SUBJECT = re.compile(
 _MAILTO = re.compile(r"mailto:(.+)", re.I)
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^<>\s]{1,250}>)")
 _MULTIPART = re.compile(rb"(?i)content-type:[ \t]*multipart/")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 MAX_BYTES = MESSAGE_LIMIT  # what is read of one message: answers and bounces are small
 MAX_PARTS = 100  # MIME containers in a message (a message nested 1,000 deep is refused)
 MAX_HEADER = 4096  # characters of an address header that are parsed
 SECONDS = 5.0  # to classify one message
 BATCH = 100  # messages recorded per transaction
-
-
-def printable(text: str, limit: int = 300) -> str:
-    """Text from a message, fit to print and to store: control characters (a terminal's
-    escape sequences) shown as ``\\xNN``, at most ``limit`` characters."""
-    text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True)
@@ -386,34 +377,19 @@ def classify(data: bytes, unsubscribe_to: str | None = None,
     return Finding("other", sender=sender)
 
 
-class _TooSlow(Exception):
-    pass
-
-
-def _alarm(signum: int, frame: FrameType | None) -> None:
-    raise _TooSlow
-
-
 def classify_safely(data: bytes, unsubscribe_to: str | None = None,
                     authserv: str | None = None) -> Finding:
     """``classify`` within the limits: whatever goes wrong (a parser's recursion, a bad
     date, a header built to be slow) makes the message ``unreadable``, with the reason."""
-    timed = threading.current_thread() is threading.main_thread()
-    if timed:
-        previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, SECONDS)
     try:
-        return classify(data[:MAX_BYTES], unsubscribe_to, authserv)
-    except _TooSlow:
+        with within(SECONDS):
+            return classify(data[:MAX_BYTES], unsubscribe_to, authserv)
+    except TooSlow:
         return Finding("unreadable", why=f"not understood within {SECONDS:g} s")
     except RecursionError:
         return Finding("unreadable", why="nested too deep to read")
     except Exception as exc:  # a message built to break a parser: named, never fatal
         return Finding("unreadable", why=printable(f"{type(exc).__name__}: {exc}", 120))
-    finally:
-        if timed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
 
 # Tally ----------------------------------------------------------------------------------

@@ -321,13 +321,16 @@ class SenderPool:
             if code == 421:
                 conn.abort()
         except Lost as exc:
-            if exc.stage == "END" and exc.timeout:
-                # The body went out and no reply came: it may have been delivered. Leave
-                # the guest 'sending'; the next run resends with the same Message-ID.
+            if exc.stage == "END":
+                # The body went out and no reply came (a timeout, or the connection
+                # dropped after the final dot): it may have been delivered. Leave the
+                # guest 'sending'; the next run resends with the same Message-ID.
+                why = f"no reply to the end of the message within " \
+                      f"{self.config.data_timeout:g} s" if exc.timeout else \
+                      f"the connection was lost before the reply to the end of the " \
+                      f"message ({redact(str(exc))})"
                 self._final(message, Outcome.UNCONFIRMED, None,
-                            f"no reply to the end of the message within "
-                            f"{self.config.data_timeout:g} s: the next run sends it again "
-                            f"(same Message-ID)")
+                            f"{why}: the next run sends it again (same Message-ID)")
             else:
                 text = "timed out waiting for the server" if exc.timeout \
                     else f"connection lost: {redact(str(exc))}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from itertools import compress, repeat
 from pathlib import Path
-from typing import BinaryIO, Literal, overload
+from typing import Any, BinaryIO, Literal, overload
 
 from .address import AddressError, check_address, plain_keys
 from .errors import InputError
@@ -450,19 +450,34 @@ class RecipientList:
     def _scan_workbook(self, shown: str) -> Iterator[Recipient | Problem]:
         """An .xlsx list, streamed (openpyxl read-only): the first sheet or ``sheet``, the
         first non-empty row the header, every value the text Excel shows, problems on the
-        row numbers Excel shows."""
+        row numbers Excel shows. A workbook past the limits (``_check_workbook``) is
+        refused before openpyxl reads it; a cell openpyxl cannot read is an error on its
+        row, after which the sheet is not read further; openpyxl's warnings are not
+        printed."""
+        import warnings
+
         from openpyxl import load_workbook
 
+        _check_workbook(self.path, shown)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # openpyxl's words about styles and validation
+            try:
+                book = load_workbook(self.path, read_only=True, data_only=True)
+            except Exception as exc:  # zip, XML and openpyxl errors alike: not a workbook
+                raise InputError(f"{shown}: not a readable .xlsx workbook: "
+                                 f"{type(exc).__name__}: {exc}") from None
+            try:
+                yield from self._sheet_rows(book, shown)
+            finally:
+                book.close()
+
+    def _sheet_rows(self, book: Any, shown: str) -> Iterator[Recipient | Problem]:
+        if self.sheet is not None and self.sheet not in book.sheetnames:
+            raise InputError(f"{shown}: no sheet {self.sheet!r} (sheets: "
+                             f"{', '.join(book.sheetnames)})")
+        sheet = book[self.sheet] if self.sheet is not None else book.worksheets[0]
+        number = 0
         try:
-            book = load_workbook(self.path, read_only=True, data_only=True)
-        except Exception as exc:  # zip, XML and openpyxl errors alike: not a workbook
-            raise InputError(f"{shown}: not a readable .xlsx workbook: "
-                             f"{type(exc).__name__}: {exc}") from None
-        try:
-            if self.sheet is not None and self.sheet not in book.sheetnames:
-                raise InputError(f"{shown}: no sheet {self.sheet!r} (sheets: "
-                                 f"{', '.join(book.sheetnames)})")
-            sheet = book[self.sheet] if self.sheet is not None else book.worksheets[0]
             rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), start=1)
             for number, values in rows:
                 header = [cell_text(v) for v in values]
@@ -484,8 +499,13 @@ class RecipientList:
                                                              "last column")
                 if item is not None:
                     yield item
-        finally:
-            book.close()
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            if not self.headers:
+                raise InputError(f"{shown}:{number + 1}: a cell cannot be read: "
+                                 f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            yield Problem(shown, number + 1, f"a cell cannot be read ({type(exc).__name__}: "
+                                             f"{str(exc)[:200]}); the rows after it were not "
+                                             f"read")
 
     def _records(self, lines: _Lines, shown: str, delimiter: str, seen: SeenAddresses,
                  until: Callable[[], bool] | None = None,
@@ -637,6 +657,41 @@ def load_suppressions(paths: Iterable[Path]) -> frozenset[str]:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(f"{problems[0]}{more}")
     return frozenset(found)
+
+
+WORKBOOK_BYTES = 200_000_000  # a workbook's contents, uncompressed
+SHARED_STRINGS = 1_000_000  # distinct texts in a workbook (a list of 100,000 guests has
+# a few hundred thousand)
+_SHARED_STRING = re.compile(rb"<si[ >/]")
+
+
+def _check_workbook(path: Path, shown: str) -> None:
+    """InputError (65) for a workbook built to exhaust memory: over WORKBOOK_BYTES
+    uncompressed, or over SHARED_STRINGS shared strings (a 157 KB file can hold
+    2,000,000, and openpyxl keeps them all)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            total = sum(info.file_size for info in infos)
+            if total > WORKBOOK_BYTES:
+                raise InputError(f"{shown}: the workbook holds {total:,} bytes uncompressed, "
+                                 f"over the limit of {WORKBOOK_BYTES:,}")
+            names = {info.filename for info in infos}
+            if "xl/sharedStrings.xml" in names:
+                count = 0  # the <si> elements themselves: a count attribute may lie
+                with archive.open("xl/sharedStrings.xml") as handle:
+                    rest = b""
+                    while count <= SHARED_STRINGS and (chunk := handle.read(1 << 20)):
+                        data = rest + chunk
+                        count += len(_SHARED_STRING.findall(data))
+                        rest = data[-3:]  # a '<si ' split between two chunks
+                if count > SHARED_STRINGS:
+                    raise InputError(f"{shown}: the workbook holds over {SHARED_STRINGS:,} "
+                                     f"shared strings, the limit")
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{shown}: not a readable .xlsx workbook: {exc}") from None
 
 
 def cell_text(value: object) -> str:

@@ -4,7 +4,7 @@ Markdown, CSS inlining, and the text part derived from HTML."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -12,9 +12,24 @@ import jinja2
 from markupsafe import Markup
 
 from .errors import ConfigError, TemplateError
+from .limits import TooSlow, within
 from .models import Recipient, Rendered
 from .templates import TemplateFolder, describe_error, error_location, top_level
 
+RENDER_SECONDS = 5.0  # to render one message (its templates are untrusted input)
+LARGEST_PART = 5_000_000  # characters of one rendered part (a real one is some 100,000)
+
+
+def _bounded(pieces: Iterator[str]) -> Iterator[str]:
+    """A template's output, stopped with a SecurityError once it passes LARGEST_PART (a
+    loop that writes gigabytes is refused before it has them)."""
+    size = 0
+    for piece in pieces:
+        size += len(piece)
+        if size > LARGEST_PART:
+            raise jinja2.exceptions.SecurityError(
+                f"the message would be over {LARGEST_PART // 1_000_000} million characters")
+        yield piece
 _SPACE = re.compile(r"\s+")
 _URL = re.compile(r"(https?://|mailto:)[!-~]{1,900}\Z")  # printable ASCII, no spaces
 
@@ -53,7 +68,7 @@ class Renderer:
             # part): ``ctx`` holds the globals already, and that set only lets a macro
             # import see globals given to the importing template alone (none are).
             context = env.context_class(env, ctx, template.name, template.blocks)
-            return env.concat(template.root_render_func(context))
+            return env.concat(_bounded(template.root_render_func(context)))
         except Exception:
             env.handle_exception()
 
@@ -98,30 +113,35 @@ class Renderer:
         files = variant.files
         current = files["subject"]
         try:
-            subject = _SPACE.sub(" ", self._call(current, ctx)).strip()
-            text = html = content = None
-            layout = ctx  # what the HTML or MJML body is rendered with
-            if "markdown" in files:  # the content of the layout; the text comes from it
-                current = files["markdown"]
-                source = self._call(current, ctx)  # values escaped for Markdown
-                content = Markup(self._markdown(source))  # noqa: S704 - escaped by markdown-it
-                layout = dict(ctx, content=content)
-            elif "text" in files:
-                current = files["text"]
-                text = self._call(current, ctx)
-            if "mjml" in files:  # MJML: rendered by Jinja, then compiled to tables
-                current = files["mjml"]
-                html = compile_mjml(self._call(current, layout))
-            elif "html" in files:
-                current = files["html"]
-                html = self._call(current, layout)
-            elif content is not None:
-                html = _default_layout(subject, content, lang)
-            if html is not None:
-                if "mjml" not in files:  # MJML writes its styles inline already
-                    html = inline_css(html)
-                if text is None:
-                    text = html_to_text(html)
+            with within(RENDER_SECONDS):
+                subject = _SPACE.sub(" ", self._call(current, ctx)).strip()
+                text = html = content = None
+                layout = ctx  # what the HTML or MJML body is rendered with
+                if "markdown" in files:  # the content of the layout; the text comes from it
+                    current = files["markdown"]
+                    source = self._call(current, ctx)  # values escaped for Markdown
+                    content = Markup(self._markdown(source))  # noqa: S704 - escaped by markdown-it
+                    layout = dict(ctx, content=content)
+                elif "text" in files:
+                    current = files["text"]
+                    text = self._call(current, ctx)
+                if "mjml" in files:  # MJML: rendered by Jinja, then compiled to tables
+                    current = files["mjml"]
+                    html = compile_mjml(self._call(current, layout))
+                elif "html" in files:
+                    current = files["html"]
+                    html = self._call(current, layout)
+                elif content is not None:
+                    html = _default_layout(subject, content, lang)
+                if html is not None:
+                    if "mjml" not in files:  # MJML writes its styles inline already
+                        html = inline_css(html)
+                    if text is None:
+                        text = html_to_text(html)
+        except TooSlow:
+            raise TemplateError(f"{folder.templates_dir / current}: rendering one message took "
+                                f"over {RENDER_SECONDS:g} s (a loop that never ends?) "
+                                f"(recipient on line {recipient.line})") from None
         except Exception as exc:
             where = error_location(exc, str(folder.templates_dir / current))
             raise TemplateError(f"{where}: {describe_error(exc)} "

@@ -3,6 +3,8 @@ elsewhere (cron, pipes: no ANSI codes, no carriage returns), and the summary."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from typing import IO, Any
@@ -10,6 +12,7 @@ from typing import IO, Any
 import click
 
 from .models import Outcome, Outgoing, Stats
+from .text import printable
 
 PLAIN_EVERY = 10.0  # seconds between progress lines when not on a terminal
 
@@ -20,6 +23,7 @@ class Reporter:
     def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None) -> None:
         self.quiet = quiet
         self.stream = stream or sys.stderr
+        self._gone: set[int] = set()  # streams whose reader went away
         self.tty = self.stream.isatty() and not quiet
         self.total = 0
         self.done = 0
@@ -89,7 +93,23 @@ class Reporter:
             self._progress = None
 
     def line(self, text: str) -> None:
-        click.echo(text, file=self.stream)
+        self.say(printable(text, 2000), self.stream)
+
+    def say(self, text: str, stream: IO[str] | None = None) -> None:
+        """Write a line; when the reader has gone (``mailer send … | head -1``, a closed
+        stderr) stay silent from then on: a closed output never changes what is sent,
+        nor the exit code."""
+        stream = stream or sys.stdout
+        if id(stream) in self._gone:
+            return
+        try:
+            click.echo(text, file=stream)
+        except (OSError, ValueError):  # EPIPE, a closed file
+            self._gone.add(id(stream))
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())  # what is still buffered goes nowhere
+                os.close(devnull)
 
     def rejected(self, stats: Stats) -> None:
         """Every rejected, deferred and expired address with the server's last reply, even
@@ -111,7 +131,7 @@ class Reporter:
         if self.quiet and not failed:
             return
         if stats.stopped:
-            click.echo(f"stopped: {stats.stopped}", file=self.stream)
+            self.line(f"stopped: {stats.stopped}")
         skip = f"skipped {skipped + suppressed}"
         if skipped or suppressed:
             skip += f" ({skipped} done before, {suppressed} suppressed)"
@@ -123,4 +143,4 @@ class Reporter:
             text += f", {len(stats.unconfirmed)} unconfirmed (sent again by the next run)"
         if remaining:
             text += f"; {remaining} remain for the next run"
-        click.echo(text)
+        self.say(text)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
 from .address import Mailbox, check_address
 from .campaign import Campaign, CheckReport, Visit
 from .errors import EXIT_OK, EXIT_REJECTED, EXIT_TEMPFAIL, InputError, TemporaryError
@@ -347,7 +345,7 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
     result = Result(stats)
     reporter.rejected(stats)
     if not reporter.quiet or result.exit_code:
-        click.echo(f"test message for {guest.email} (line {guest.line}) sent to "
+        reporter.say(f"test message for {guest.email} (line {guest.line}) sent to "
                    f"{', '.join(b.address.normalized for b in boxes)}: {stats.sent} sent, "
                    f"{len(stats.failed)} failed, {len(stats.deferred)} deferred")
     return result

@@ -94,11 +94,35 @@ def _markdown_escape(value: Any) -> Any:
 _MD_SPECIAL = re.compile(r"[!-/:-@\[-`{-~]")
 
 
+LARGEST_VALUE = 5_000_000  # characters (or items) one expression may make
+
+
+class LimitedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, and no expression that makes a value of gigabytes: ``"x" *
+    2000000000`` or ``9 ** 99999999`` is a SecurityError before it allocates anything
+    (Jinja's sandbox limits ``range()`` alone; a loop that never ends is stopped by the
+    render's time limit)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int) \
+                        and len(seq) * times > LARGEST_VALUE:
+                    raise jinja2.exceptions.SecurityError(
+                        f"the result would hold over {LARGEST_VALUE:,} characters")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) \
+                and abs(left) > 1 and right * max(abs(left).bit_length(), 1) > 100_000:
+            raise jinja2.exceptions.SecurityError("the power is too large")
+        return super().call_binop(context, operator, left, right)
+
+
 def make_environment(templates_dir: Path, *, markdown: bool = False
                      ) -> ImmutableSandboxedEnvironment:
     """The sandboxed environment used for every template of a run; ``markdown`` escapes
     every value for Markdown (for ``body.md.j2``)."""
-    env = ImmutableSandboxedEnvironment(
+    env = LimitedSandbox(
         loader=ConfinedLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
         autoescape=_is_html,

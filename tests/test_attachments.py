@@ -144,3 +144,28 @@ def test_a_refused_archive_copy_does_not_lose_the_guests_message(
     again = send(root, listing, env)
     assert again.exit_code == 0 and len(handler.messages) == 1
     assert parse(handler.messages[0].data)["To"] == "Kari <kari@example.org>"
+
+
+def test_a_huge_file_is_refused_by_its_size_before_it_is_read(tmp_path: Path,
+                                                              root: Path) -> None:
+    """A 600 MB file used 3.8 GB: its size is known from stat, and it is never read."""
+    import re
+    import subprocess
+    import sys
+
+    write(tmp_path / "video.mp4", "")
+    os.truncate(tmp_path / "video.mp4", 600 * 1024 * 1024)  # sparse: no disk used
+    listing = write(tmp_path / "l.csv", "navn;e-post;vedlegg\nA;a@example.org;video.mp4\n")
+    code = ("import re, sys\nfrom mailer.cli import main\n"
+            f"sys.argv = ['mailer', 'validate', {str(listing)!r}, '--template', 't',"
+            f" '--templates-dir', {str(root)!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
+            "status = open('/proc/self/status').read()\n"
+            "print('peak', int(re.search(r'VmHWM:\\s*(\\d+)', status).group(1)) // 1024)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60, check=True).stdout
+    assert "exit 65" in out
+    assert "attachment 'video.mp4': 600.0 MB, over the 25 MB most providers accept" in out
+    peak = int(re.search(r"peak (\d+)", out).group(1))  # type: ignore[union-attr]
+    assert peak < 150, out

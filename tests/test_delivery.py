@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,30 @@ def test_temporary_after_all_retries_exit_75_wins(tmp_path: Path, tpl: Path, smt
     assert handler.rcpt_codes["p0@example.org"] == ["452 4.2.2 mailbox full"] * 7  # 1 + 2 retries
 
 
-def test_connection_dropped_in_data_is_retried(tmp_path: Path, tpl: Path, smtp: Server) -> None:
+def test_a_connection_dropped_after_the_body_leaves_the_guest_unconfirmed(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    """The server may have taken the message: it is not sent again in the same run (that
+    made 55 duplicates in 6,000), but named, and the next run sends it with the same
+    Message-ID."""
     controller, handler = smtp
     handler.drop_in_data["p3@example.org"] = 1
-    result = send(tpl, people(tmp_path, 6), smtp_env(controller), "--concurrency", "1")
-    assert result.exit_code == 0, result.output
-    assert len(handler.to("p3@example.org")) == 1
-    assert len(handler.messages) == 6
-    assert handler.connections == 2  # a fresh connection after the drop
+    env = smtp_env(controller)
+    result = send(tpl, people(tmp_path, 6), env, "--concurrency", "1")
+    assert result.exit_code == 75, result.output
+    assert "unconfirmed: p3@example.org: the connection was lost before the reply to the end " \
+           "of the message" in result.output
+    assert "1 unconfirmed (sent again by the next run)" in result.output
+    assert len(handler.to("p3@example.org")) == 0 and len(handler.messages) == 5
+    assert handler.connections == 2  # a fresh connection for the others
+    journal = tmp_path / ".mailer" / "journal.sqlite3"
+    with sqlite3.connect(journal) as db:
+        state, first_id = db.execute("SELECT state, message_id FROM deliveries WHERE key = "
+                                     "'p3@example.org'").fetchone()
+    assert state == "sending"
+    again = send(tpl, people(tmp_path, 6), env)
+    assert again.exit_code == 0, again.output
+    (resent,) = handler.to("p3@example.org")
+    assert resent.message["Message-ID"] == first_id and len(handler.messages) == 6
 
 
 def test_slow_server_connections_run_in_parallel_never_more_than_n(
@@ -295,3 +312,27 @@ def test_plain_output_names_the_work_then_sums_up(tmp_path: Path, tpl: Path,
     lines = result.output.splitlines()
     assert lines[0] == "sending 3 messages"
     assert lines[-1] == ("sent 3, failed 0 (permanent), deferred 0 (temporary), skipped 0")
+
+
+def test_a_password_of_bytes_that_are_not_utf8_is_one_line(
+        tmp_path: Path, tpl: Path, tls_server: Any) -> None:
+    """A password from the environment in Latin-1 (a shell in an old locale): one line,
+    exit 78, no traceback, no character of it shown."""
+    import os
+    import subprocess
+    import sys
+
+    controller, handler, ca_file = tls_server
+    env = {k.encode(): v.encode() for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update({k.encode(): v.encode() for k, v in smtp_env(
+        controller, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USERNAME="digdir").items()})
+    env[b"MAILER_SMTP_PASSWORD"] = "hemmelig-blåbær".encode("latin-1")
+    env[b"SSL_CERT_FILE"] = str(ca_file).encode()
+    proc = subprocess.run([sys.executable, "-m", "mailer", "send", str(people(tmp_path, 2)),
+                           "--template", "t", "--templates-dir", str(tpl)], env=env,
+                          capture_output=True, timeout=60, check=False)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 78, err
+    assert "Traceback" not in err and "hemmelig" not in err
+    assert "MAILER_SMTP_PASSWORD for user 'digdir' is not UTF-8 text" in err
+    assert handler.messages == []

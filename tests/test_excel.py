@@ -123,3 +123,54 @@ def test_status_as_a_csv_for_excel(journal_with_evil_name: dict[str, str]) -> No
     raw = run("status", "--format", "csv", env=journal_with_evil_name).output
     program = next(r for r in csv.reader(io.StringIO(raw)) if r[1] == "evil@example.org")
     assert program[2] == EVIL  # programs get it raw
+
+
+def rewrite(path: Path, member: str, edit: object) -> Path:
+    """The workbook with one member of its zip changed by ``edit(text) -> text`` (a
+    member it lacks starts empty)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as source:
+        members = {info.filename: source.read(info) for info in source.infolist()}
+    members[member] = edit(members.get(member, b"").decode()).encode()  # type: ignore[operator]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    return path
+
+
+def test_a_workbook_with_millions_of_shared_strings_is_refused(tmp_path: Path) -> None:
+    """2,000,000 shared strings in a file of some 150 KB took 45 s and 395 MB; such a
+    workbook is refused before openpyxl reads it (its count attribute is not trusted)."""
+    path = workbook(tmp_path / "gjester.xlsx", [["navn", "e-post"], ["Kari", "k@example.org"]])
+    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    kind = "application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings"
+    rewrite(path, "xl/sharedStrings.xml", lambda _: (
+        f'<sst xmlns="{main}" count="1" uniqueCount="1">' + "<si><t>x</t></si>" * 2_000_000
+        + "</sst>"))
+    rewrite(path, "[Content_Types].xml", lambda text: text.replace(
+        "</Types>", f'<Override PartName="/xl/sharedStrings.xml" ContentType="{kind}"/></Types>'))
+    rewrite(path, "xl/_rels/workbook.xml.rels", lambda text: text.replace(
+        "</Relationships>", f'<Relationship Id="rIdS" Type="{rel}" Target="sharedStrings.xml"'
+                            f'/></Relationships>'))
+    assert path.stat().st_size < 200_000
+    result = run("validate", str(path))
+    assert result.exit_code == 65, result.output
+    assert "holds over 1,000,000 shared strings, the limit" in result.output
+
+
+def test_a_cell_that_cannot_be_read_is_an_error_on_its_row(tmp_path: Path) -> None:
+    path = workbook(tmp_path / "gjester.xlsx", [["navn", "e-post", "antall"],
+                                                ["Kari", "kari@example.org", 1],
+                                                ["Ola", "ola@example.org", 2]])
+
+    def spoil(text: str) -> str:  # row 3's number becomes text a number cell cannot hold
+        assert '<c r="C3" t="n"><v>2</v></c>' in text
+        return text.replace('<c r="C3" t="n"><v>2</v></c>', '<c r="C3" t="n"><v>abc</v></c>')
+
+    rewrite(path, "xl/worksheets/sheet1.xml", spoil)
+    result = run("validate", str(path))
+    assert result.exit_code == 65, result.output
+    assert "Traceback" not in result.output
+    assert f"{path}:3: a cell cannot be read (ValueError" in result.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ from mailer.recipients import Problem, Recipient, RecipientList
 from tests.conftest import (
     ENV,
     EXAMPLE,
+    ROOT,
     SENDER,
     Server,
     make_template,
@@ -343,3 +345,54 @@ def test_the_journal_records_first_attempts(tmp_path: Path, tpl: Path, smtp: Ser
     with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("SELECT first_attempt FROM deliveries").fetchone()[0]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ('{{ "x" * 2000000000 }}', ":1: not allowed in a template (sandbox): the result would "
+                               "hold over 5,000,000 characters"),
+    ("{{ 9 ** 99999999 }}", ":1: not allowed in a template (sandbox): the power is too large"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}"
+     "{% endfor %}", ": not allowed in a template (sandbox): the message would be over 5 "
+                     "million characters"),
+], ids=["a huge string", "a huge number", "a loop that writes gigabytes"])
+def test_a_template_that_would_exhaust_memory_is_refused(tmp_path: Path, body: str,
+                                                         expected: str) -> None:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei", body_txt=body + "\n")
+    listing = write(tmp_path / "l.csv", "navn;e-post\nKari;kari@example.org\n")
+    result = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
+    assert result.exit_code == 65, result.output
+    assert f"{root / 't' / 'body.txt.j2'}{expected} (recipient on line 2)" in result.output
+
+
+def test_a_template_that_never_ends_is_stopped(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei", body_txt="{% for i in range(100000) %}"
+                  "{% for j in range(100000) %}{% endfor %}{% endfor %}\n")
+    listing = write(tmp_path / "l.csv", "navn;e-post\nKari;kari@example.org\n")
+    result = run("validate", str(listing), "--template", "t", "--templates-dir", str(root))
+    assert result.exit_code == 65, result.output
+    assert "body.txt.j2: rendering one message took over 5 s (a loop that never ends?) " \
+           "(recipient on line 2)" in result.output
+
+
+@pytest.mark.parametrize("start", ["9999-12-31T10:00:00", "0001-01-01T10:00:00"])
+def test_event_dates_at_the_calendars_limits_are_refused_by_validate(
+        tmp_path: Path, start: str) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    toml = templates / "invitasjon" / "event.toml"
+    text = toml.read_text().replace("start = 2027-10-27T10:15:00", f"start = {start}")
+    toml.write_text(text.replace("end = 2027-10-27T11:30:00",
+                                 f"end = {start.replace('T10', 'T11')}"))
+    result = run("validate", str(ROOT / "recipients" / "eksempel.csv"), "--template",
+                 "invitasjon", "--templates-dir", str(templates))
+    assert result.exit_code == 65, result.output
+    assert "event.toml: field 'start': the year must be between 1900 and 2200" in result.output
+
+
+def test_a_retry_for_beyond_ten_years_is_a_usage_error(tmp_path: Path, tpl: Path) -> None:
+    result = run("send", str(people(tmp_path, 1)), "--template", "t", "--templates-dir",
+                 str(tpl), "--retry-for", "999999999999d", env=ENV)
+    assert result.exit_code == 2, result.output
+    assert "at most 3650d" in result.output

@@ -100,6 +100,10 @@ def test_a_hostile_mailbox_over_imap(tmp_path: Path, sent: Sent, ca: Any,  # noq
             in result.output
         again = run("inbox", env=imap_env)
         assert again.exit_code == 0 and again.output.startswith("inbox: 0 read"), again.output
+        other = run("inbox", env=dict(imap_env, MAILER_IMAP_PASSWORD='blåbær "\\ hemmelig'))
+        assert other.exit_code == 78 and "Traceback" not in other.output, other.output
+        assert "the password is not ASCII" in other.output
+        assert "blåbær" not in other.output and "å" not in other.output
     rows = {r["email"]: r for r in status_json(env)["recipients"]}
     assert rows["kari@example.org"]["answer"] == "accepted"
     assert rows["ase@example.org"]["answer"] == "declined"
@@ -290,3 +294,69 @@ def test_a_send_and_an_inbox_on_one_journal_both_finish(
                                  "'t:liste.csv' GROUP BY state").fetchall())
     assert states == {"sent": 400}
     assert len(handler.messages) == 401
+
+
+# A closed output ----------------------------------------------------------------------
+
+def test_output_into_a_closed_pipe_changes_nothing_that_is_sent(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    """``mailer send … 2>&1 | head -1``: the reader goes after the first line; the run
+    keeps sending, stays silent, and exits with its own code."""
+    controller, handler = smtp
+    handler.hold_after = 5
+    handler.reject["p150@example.org"] = "550 5.1.1 no such user"  # the run's code: 1
+    proc = spawn(tpl, people(tmp_path, 200), smtp_env(controller), "--concurrency", "2")
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().startswith("sending 200 messages")
+        proc.stdout.close()  # head -1 has what it wanted
+    finally:
+        handler.hold_after = None
+        handler.gate.set()
+    assert proc.wait(60) == 1
+    assert len({m.rcpt_tos[0] for m in handler.messages}) == 199 == len(handler.messages)
+    with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
+        assert dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state")) == \
+            {"sent": 199, "failed": 1}
+
+
+def test_sigterm_is_honoured_with_stderr_closed(tmp_path: Path, tpl: Path,
+                                                smtp: Server) -> None:
+    controller, handler = smtp
+    handler.hold_after = 5
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full.update(smtp_env(controller))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "send", str(people(tmp_path, 200)), "--template",
+         "t", "--templates-dir", str(tpl), "--concurrency", "2"],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    proc.stderr.close()  # nobody reads stderr any more
+    try:
+        wait_until(lambda: len(handler.messages) >= 5 and handler.in_data >= 1)
+        proc.terminate()  # SIGTERM while the server holds a message in DATA
+    finally:
+        handler.hold_after = None
+        handler.gate.set()
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 75, out
+    assert "sent " in out  # the summary on stdout
+    with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
+        states = dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+    assert "sending" not in states and states["sent"] < 200
+
+
+def test_control_characters_in_a_reply_reach_no_terminal_and_no_sheet(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.reject["p1@example.org"] = "550 5.1.1 \x1b]0;pwned\x07 no such user"
+    env = smtp_env(controller)
+    result = run("send", str(people(tmp_path, 2)), "--template", "t", "--templates-dir",
+                 str(tpl), env=env)
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\\x1b]0;pwned\\x07" in result.output
+    for fmt in ("csv", "excel-csv", "json", "table"):
+        shown = run("status", "--format", fmt, env=env)
+        assert shown.exit_code == 0 and "\x1b" not in shown.output and "\x07" not in shown.output
+    sheet = run("status", "--format", "xlsx", "--output", str(tmp_path / "s.xlsx"), env=env)
+    assert sheet.exit_code == 0, sheet.output

@@ -79,7 +79,9 @@ FAULTS: dict[str, tuple[Any, int, int, str]] = {
     "end of message 554": (lambda h: h.end_reply.update({"p3@example.org": "554 5.6.0 spam"}),
                            1, 0, "failed"),
     "drop after RCPT": (lambda h: h.drop_after_rcpt.update({"p3@example.org": 1}), 0, 1, "sent"),
-    "drop in the body": (lambda h: h.drop_in_data.update({"p3@example.org": 1}), 0, 1, "sent"),
+    # after the final dot, before the reply: it may have arrived, so not sent again in the run
+    "drop in the body": (lambda h: h.drop_in_data.update({"p3@example.org": 1}), 75, 0,
+                         "sending"),
     "slow reply": (lambda h: setattr(h, "data_delay", 0.3), 0, 1, "sent"),
 }
 
@@ -212,7 +214,7 @@ def test_dot_stuffing_is_done_once_and_survives_a_retry(tmp_path: Path, smtp: Se
 
     controller, handler = smtp
     handler.pipelining = True
-    handler.drop_in_data["p0@example.org"] = 1
+    handler.drop_after_rcpt["p0@example.org"] = 1
     root = tmp_path / "templates"
     make_template(root, "t", subject_txt="Hei", body_txt=".\n..\n.Punktum først\nslutt\n.")
     result = send(root, people(tmp_path, 1), smtp_env(controller))

@@ -324,7 +324,12 @@ async def connect(config: SmtpConfig) -> Connection:
                     f"starttls: refusing to send in plain text (nothing was sent)")
             await smtp.starttls()
         if config.login.username:
-            await smtp.login(config.login.username, config.login.secret)
+            try:
+                await smtp.login(config.login.username, config.login.secret)
+            except UnicodeError:  # bytes that are not UTF-8 (from the environment)
+                raise ConfigError(f"MAILER_SMTP_PASSWORD for user {config.login.username!r} "
+                                  f"is not UTF-8 text: set it again (it is not shown)"
+                                  ) from None
         if smtp.last_ehlo_response is None:
             await smtp.ehlo()
     except ConfigError:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import TemporaryError
 from ..models import Outcome, Outgoing, State
+from ..text import printable
 from .store import Store, now
 
 
@@ -35,8 +36,8 @@ class Recorder:
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
                reply: str) -> None:
-        self._results.append((outcome.value, code, reply[:500], now(), self.campaign,
-                              message.key))
+        self._results.append((outcome.value, code, printable(reply, 500), now(),
+                              self.campaign, message.key))
         if outcome is Outcome.SENT and message.holds is not None:
             # the guest's calendar now holds this version of the event
             uid, sequence, cancelled = message.holds
