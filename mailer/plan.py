@@ -83,6 +83,7 @@ class Knowledge:
     versions: dict[int, dict[str, str]] = field(default_factory=dict)
     expiry: str = ""  # a deferred guest first tried before this has expired
     secret: bytes = b""  # the journal's (see message.message_id)
+    untracked: bool = False  # the event is not in the journal yet
     journal: Journal | None = None  # asked guest by guest (None: nobody is known)
 
     def guest(self, key: str) -> tuple[State | None, int | None, bool]:
@@ -95,6 +96,9 @@ class Knowledge:
         if found is None:
             return None, held, False
         state, first = found
+        if self.untracked and state is State.SENT and held is None:
+            held = self.sequence  # sent before events were tracked: holds this version
+            # (the journal records it so when this run writes the event's first version)
         return state, held, state is State.DEFERRED and first is not None \
             and first <= self.expiry
 
@@ -117,6 +121,7 @@ def read_knowledge(path: Path | None, campaign: str, *, uid: str = "",
     knowledge.bounced = journal.bounced_keys()
     knowledge.expiry = expiry_cutoff(retry_for)
     if uid:
+        knowledge.untracked = not journal.tracked(uid)
         knowledge.answers = {k: a for k, (a, _) in journal.answers_for(uid).items()}
         if event_fields is not None:
             shown, fingerprint, minimum = event_fields

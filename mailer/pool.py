@@ -32,11 +32,11 @@ from .ratelimit import RateLimiter
 
 OutcomeHook = Callable[[Outgoing, Outcome, int | None, str], None]
 
-# Group commit: while this process computes most of the time (the CPU, not the relay, sets
-# the pace), a worker whose next guest's mark is queued waits for the other workers'
-# replies, at most COMMIT_WAIT, so that one commit serves several. Otherwise (waiting for a
-# relay over the network) it commits at once: there a commit costs nothing beside the
-# replies, and a wait would only slow the run.
+# Group commit: while this process computes or commits most of the time (the CPU and the
+# journal's fsyncs, not the relay, set the pace), a worker whose next guest's mark is queued
+# waits for the other workers' replies, at most COMMIT_WAIT, so that one commit (one fsync)
+# serves several. Otherwise (waiting for a relay over the network) it commits at once:
+# there a commit costs little beside the replies, and a wait would only slow the run.
 COMMIT_WAIT = 0.002
 BUSY = 0.5  # the share of wall time spent computing that counts as CPU-bound
 BUSY_WINDOW = 0.1  # seconds over which that share is measured
@@ -102,6 +102,7 @@ class SenderPool:
         self._retry_tasks: set[asyncio.Task[None]] = set()
         self._transacting = 0  # workers waiting for the relay's replies
         self._busy = True  # CPU-bound over the last window (see BUSY); at first: a guess
+        self._committing = 0.0  # wall time spent in commits (their fsyncs) so far
         self._window = (time.monotonic(), time.process_time())
         self._batch: asyncio.Future[None] | None = None  # the next group commit
         self._batch_timer: asyncio.TimerHandle | None = None
@@ -258,13 +259,15 @@ class SenderPool:
         return True
 
     def _cpu_bound(self) -> bool:
-        """Whether this process computed at least BUSY of the last window's wall time."""
-        start, cpu_start = self._window
+        """Whether this process computed, or waited for its journal's commits (an fsync
+        each), at least BUSY of the last window's wall time: then a commit is worth
+        sharing."""
+        start, busy_start = self._window
         now = time.monotonic()
         if now - start >= BUSY_WINDOW:
-            cpu = time.process_time()
-            self._busy = cpu - cpu_start >= BUSY * (now - start)
-            self._window = (now, cpu)
+            busy = time.process_time() + self._committing
+            self._busy = busy - busy_start >= BUSY * (now - start)
+            self._window = (now, busy)
         return self._busy
 
     def _commit(self) -> None:
@@ -273,6 +276,7 @@ class SenderPool:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
+        began = time.monotonic()
         try:
             self.recorder.flush()
         except MailerError as exc:
@@ -280,6 +284,8 @@ class SenderPool:
                 raise
             batch.set_exception(exc)
             return
+        finally:
+            self._committing += time.monotonic() - began
         if batch is not None:
             batch.set_result(None)
 

@@ -353,7 +353,10 @@ class RecipientList:
                 yield from self._records(lines, shown, delimiter, seen)
                 return
             avoid = _NOT_PLAIN.replace(delimiter.encode(), b"")
-            size = os.fstat(handle.fileno()).st_size
+            try:
+                size = os.fstat(handle.fileno()).st_size  # 0 for a pipe
+            except (OSError, io.UnsupportedOperation):  # standard input that is no file
+                size = 0
             # A block with a row that is not plain is read again in blocks of 512 bytes (some
             # 14 rows), growing again while they are plain: one typo in 2,000 rows then
             # costs some 14 rows read record by record, not 2,000.

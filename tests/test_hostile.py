@@ -360,3 +360,37 @@ def test_control_characters_in_a_reply_reach_no_terminal_and_no_sheet(
         assert shown.exit_code == 0 and "\x1b" not in shown.output and "\x07" not in shown.output
     sheet = run("status", "--format", "xlsx", "--output", str(tmp_path / "s.xlsx"), env=env)
     assert sheet.exit_code == 0, sheet.output
+
+
+def test_a_password_echoed_by_a_server_in_any_form_is_never_shown() -> None:
+    """A server may quote the password back (IMAP's quoted string escapes " and \\), or
+    echo its base64 or the SASL PLAIN string."""
+    import base64
+
+    from pydantic import SecretStr
+
+    from mailer.connections.credentials import Login
+
+    secret = 'pa"ss\\word-ø'
+    login = Login("digdir", SecretStr(secret))
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
+    plain = base64.b64encode(f"\0digdir\0{secret}".encode()).decode()
+    said = (f'NO [AUTHENTICATIONFAILED] LOGIN digdir "{quoted}" failed; raw {secret}; '
+            f"b64 {base64.b64encode(secret.encode()).decode()}; plain {plain}")
+    shown = login.redact(said)
+    assert secret not in shown and quoted not in shown and plain not in shown
+    assert "ss\\\\word" not in shown and shown.count("***") == 4
+
+
+def test_a_message_that_vanishes_while_the_maildir_is_read_is_passed_over(
+        tmp_path: Path) -> None:
+    from mailer.inbox import maildir_items
+
+    folder = tmp_path / "Maildir"
+    (folder / "cur").mkdir(parents=True)
+    for name in ("1.a", "2.b", "3.c"):
+        (folder / "cur" / name).write_bytes(b"Message-ID: <%s@example.org>\r\n\r\nx\r\n"
+                                            % name.encode())
+    items = maildir_items(folder)  # listed now, read as iterated
+    (folder / "cur" / "2.b").unlink()  # another client moved it away
+    assert [item.ident for item in items] == ["<1.a@example.org>", "<3.c@example.org>"]

@@ -484,3 +484,25 @@ def test_a_database_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
     assert "not a mailer journal" in result.output
     with sqlite3.connect(path) as db:  # untouched
         assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+
+
+def test_guests_sent_before_events_were_tracked_are_not_invited_twice(
+        tmp_path: Path, smtp: Server) -> None:
+    """A journal of release 3 (no events yet) whose campaign now has an event.toml: the
+    guest it records as sent holds the invitation; only the new guest is invited."""
+    controller, handler = smtp
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei {{ name }}", body_txt="Hei {{ name }}\n")
+    (root / "t" / "event.toml").write_text(
+        (Path(__file__).resolve().parent.parent / "templates" / "invitasjon" / "event.toml")
+        .read_text())
+    journal = tmp_path / ".mailer" / "journal.sqlite3"
+    journal.parent.mkdir()
+    with sqlite3.connect(journal) as db:
+        db.executescript((Path(__file__).parent / "journals" / "v3.sql").read_text())
+    result = send(root, people(tmp_path, 3), smtp_env(controller))
+    assert result.exit_code == 0, result.output
+    assert [m.rcpt_tos for m in handler.messages] == [["p2@example.org"]]
+    with sqlite3.connect(journal) as db:
+        assert sorted(db.execute("SELECT key, sequence FROM holders")) == [
+            ("p0@example.org", 0), ("p2@example.org", 0)]

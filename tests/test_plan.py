@@ -232,3 +232,14 @@ def test_every_command_is_a_library_call(tmp_path: Path, tpl: Path, smtp: Server
     with pytest.raises(mailer.MailerError) as failed:
         mailer.status("t:liste.csv", settings=settings)
     assert failed.value.exit_code == 65
+
+
+def test_validate_of_standard_input_in_process_reads_it_in_bulk(tmp_path: Path) -> None:
+    """Standard input that is no file (a Python caller's, CliRunner's) is read too, on the
+    bulk path of a check of a list alone."""
+    rows = "".join(f"P{i};p{i}@example.org\n" for i in range(3000))
+    result = run("validate", "-", input="navn;epost\n" + rows + "Dup;p7@example.org\n")
+    assert result.exit_code == 0, result.output
+    assert "<stdin>:3002: warning: duplicate address p7@example.org (first on line 9)" \
+        in result.output
+    assert "<stdin>: 3001 rows read, 3000 recipients, 0 errors, 1 warning" in result.output
