@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import mailbox
 import os
 import re
 from collections import Counter
@@ -133,17 +134,12 @@ def maildir_items(path: Path) -> Iterator[Item]:
 
 def mbox_items(path: Path) -> Iterator[Item]:
     """The messages of an mbox file (an InputError at once when there is none)."""
-    import mailbox
-
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
     return _mbox(mailbox.mbox(path, factory=None, create=False))
 
 
-def _mbox(box: object) -> Iterator[Item]:
-    import mailbox
-
-    assert isinstance(box, mailbox.mbox)
+def _mbox(box: mailbox.mbox) -> Iterator[Item]:
     try:
         for key in box.iterkeys():
             with box.get_file(key) as handle:

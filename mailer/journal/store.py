@@ -55,7 +55,7 @@ class Store:
             # it more than the commits in between (~15% of the journal's time).
             self.db.execute("PRAGMA wal_autocheckpoint=8192")
             self.db.execute("PRAGMA busy_timeout=10000")
-            self.upgraded_from = schema.upgrade(self.db, secret)
+            schema.upgrade(self.db, secret)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
