@@ -126,7 +126,7 @@ def maildir_items(path: Path) -> Iterator[Item]:
                         data = handle.read(MAX_BYTES)
                 except (FileNotFoundError, IsADirectoryError):
                     continue
-                yield Item(_ident(data), data)
+                yield Item(_ident(data), data, f"file {folder.name}/{name}")
                 break
 
     return read()
@@ -144,7 +144,7 @@ def _mbox(box: mailbox.mbox) -> Iterator[Item]:
         for key in box.iterkeys():
             with box.get_file(key) as handle:
                 data = handle.read(MAX_BYTES)
-            yield Item(_ident(data), data)
+            yield Item(_ident(data), data, f"number {int(key) + 1} of the mbox")
     finally:
         box.close()
 
@@ -464,10 +464,11 @@ def _write(journal: Journal, source: str, batch: list[tuple[Item, Finding]], tal
 
 
 def _where(item: Item) -> str:
-    """A message named once: its place in the source and its Message-ID."""
+    """A message named once: its place in the source (an IMAP UID, a file) and its
+    Message-ID."""
     msgid = _ident(item.data)
-    name = f"message {printable(item.ident, 80)}"
-    return name if msgid == item.ident or msgid.startswith("sha256:") \
+    name = f"message {printable(item.place or item.ident, 120)}"
+    return name if msgid.startswith("sha256:") or msgid == item.place \
         else f"{name} {printable(msgid, 120)}"
 
 

@@ -173,6 +173,7 @@ class Item:
 
     ident: str
     data: bytes
+    place: str = ""  # where it is, to name it (an IMAP UID, a file); default: ident
 
 
 @dataclass(frozen=True)

@@ -160,14 +160,17 @@ def test_a_workbook_with_millions_of_shared_strings_is_refused(tmp_path: Path) -
     assert "holds over 1,000,000 shared strings, the limit" in result.output
 
 
-def test_a_cell_that_cannot_be_read_is_an_error_on_its_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cell", ['<c r="C3" t="n"><v>abc</v></c>',
+                                  '<c r="C3" t="n"><v>NaN</v></c>',
+                                  '<c r="ZZZZZZ2000" t="n"><v>2</v></c>'])
+def test_a_cell_that_cannot_be_read_is_an_error_on_its_row(tmp_path: Path, cell: str) -> None:
     path = workbook(tmp_path / "gjester.xlsx", [["navn", "e-post", "antall"],
                                                 ["Kari", "kari@example.org", 1],
                                                 ["Ola", "ola@example.org", 2]])
 
-    def spoil(text: str) -> str:  # row 3's number becomes text a number cell cannot hold
+    def spoil(text: str) -> str:  # row 3's number becomes a cell openpyxl cannot read
         assert '<c r="C3" t="n"><v>2</v></c>' in text
-        return text.replace('<c r="C3" t="n"><v>2</v></c>', '<c r="C3" t="n"><v>abc</v></c>')
+        return text.replace('<c r="C3" t="n"><v>2</v></c>', cell)
 
     rewrite(path, "xl/worksheets/sheet1.xml", spoil)
     result = run("validate", str(path))

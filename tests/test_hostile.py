@@ -94,10 +94,10 @@ def test_a_hostile_mailbox_over_imap(tmp_path: Path, sent: Sent, ca: Any,  # noq
         assert ("inbox: 7 read: 3 answers (1 accepted, 1 declined, 1 tentative), 1 bounce "
                 "(1 hard, 0 soft), 0 auto-replies, 0 unsubscribes, 1 other, 2 unreadable"
                 ) in result.output
-        assert "not read: message 1 <parens@example.net>: nested too deep to read" \
+        assert "not read: message UID 1 <parens@example.net>: nested too deep to read" \
             in result.output
-        assert "not read: message 2 <nested@example.net>: more than 100 nested MIME parts" \
-            in result.output
+        assert "not read: message UID 2 <nested@example.net>: more than 100 nested MIME " \
+               "parts" in result.output
         again = run("inbox", env=imap_env)
         assert again.exit_code == 0 and again.output.startswith("inbox: 0 read"), again.output
         other = run("inbox", env=dict(imap_env, MAILER_IMAP_PASSWORD='blåbær "\\ hemmelig'))
@@ -394,3 +394,15 @@ def test_a_message_that_vanishes_while_the_maildir_is_read_is_passed_over(
     items = maildir_items(folder)  # listed now, read as iterated
     (folder / "cur" / "2.b").unlink()  # another client moved it away
     assert [item.ident for item in items] == ["<1.a@example.org>", "<3.c@example.org>"]
+
+
+def test_an_unreadable_message_in_a_maildir_is_named_by_its_file(tmp_path: Path,
+                                                                 sent: Sent) -> None:  # noqa: F811
+    _, _, env = sent
+    folder = tmp_path / "Maildir"
+    (folder / "cur").mkdir(parents=True)
+    (folder / "cur" / "1700000000.M1.host:2,S").write_bytes(nested_multiparts())
+    result = run("inbox", "--maildir", str(folder), env=env)
+    assert result.exit_code == 0, result.output
+    assert "not read: message file cur/1700000000.M1.host:2,S <nested@example.net>: more " \
+           "than 100 nested MIME parts" in result.output

@@ -95,7 +95,7 @@ def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
                 status, data = conn.uid("FETCH", uid, f"(BODY.PEEK[]<0.{MESSAGE_LIMIT}>)")
                 raw = next((part[1] for part in data if isinstance(part, tuple)), None)
                 if status == "OK" and isinstance(raw, bytes):
-                    yield Item(uid.decode(), raw)
+                    yield Item(uid.decode(), raw, f"UID {uid.decode()}")
         except (OSError, imaplib.IMAP4.abort) as exc:
             raise TemporaryError(f"IMAP server {where}: {_text(exc)}") from None
         except imaplib.IMAP4.error as exc:
