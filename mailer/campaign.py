@@ -147,6 +147,7 @@ class Campaign:
             except AttachmentError as exc:
                 raise InputError(f"{path}: {exc}") from None
         self.bounced: set[str] = set()
+        self.unsubscribed: set[str] = set()  # by mail (the inbox), not by a file
         self.secret = b""  # the journal's: the key of the MAC in every Message-ID
         if template is None:
             self._compile_where()
@@ -221,6 +222,9 @@ class Campaign:
         self.answers = knowledge.answers
         self.bounced = knowledge.bounced
         self.secret = knowledge.secret
+        # an unsubscribe by mail still lets service messages through (plan.decide); a
+        # suppression file never does
+        self.unsubscribed = knowledge.unsubscribed - self.suppressed
         self.suppressed = self.suppressed | knowledge.suppressed
         if knowledge.sequence is not None:
             self.sequence, self.versions = knowledge.sequence, knowledge.versions
@@ -332,15 +336,17 @@ class Campaign:
                             report.path, item.line, f"column '{column}' holds a line break "
                                                     f"and the subject uses it")))
             is_suppressed = item.address.key in suppressed
+            unsubscribed = is_suppressed and item.address.key in self.unsubscribed
             matches = True
-            if self.where and not is_suppressed:
+            if self.where and (not is_suppressed or unsubscribed):
                 try:
                     matches = self.matches(item)
                 except InputError as exc:
                     report.problems.append(str(exc))
                 report.matching = (report.matching or 0) + matches
             decision = None if planner is None else \
-                planner.decide(item, suppressed=is_suppressed, matches=matches)
+                planner.decide(item, suppressed=is_suppressed and not unsubscribed,
+                               unsubscribed=unsubscribed, matches=matches)
             if is_suppressed:
                 report.suppressed += 1
             if is_suppressed and (decision is None or decision.kind is None):

@@ -403,6 +403,7 @@ class Tally:
     other: int = 0
     unreadable: int = 0
     unplaced: Counter[str] = field(default_factory=Counter)  # reason → messages not recorded
+    guests: set[tuple[str, str]] = field(default_factory=set)  # (event, guest) answering
 
     def summary(self, source: str) -> str:
         n_answers = sum(self.answers.values())
@@ -413,7 +414,8 @@ class Tally:
 
         unplaced = sum(self.unplaced.values())
         why = ", ".join(f"{count} {reason}" for reason, count in sorted(self.unplaced.items()))
-        return (f"inbox: {self.read} read: {plural(n_answers, 'answer', 'answers')} "
+        who = f" from {plural(len(self.guests), 'guest', 'guests')}" if n_answers else ""
+        return (f"inbox: {self.read} read: {plural(n_answers, 'answer', 'answers')}{who} "
                 f"({answers}), {plural(self.hard + self.soft, 'bounce', 'bounces')} "
                 f"({self.hard} hard, {self.soft} soft), "
                 f"{plural(self.auto_replies, 'auto-reply', 'auto-replies')}, "
@@ -502,6 +504,8 @@ def _record(journal: Journal, item: Item, finding: Finding, tally: Tally, dry_ru
                 continue
             done = journal.record_answer(answer.uid, answer.email, answer.answer, answer.at,
                                          answer.sequence)
+            if done in ("recorded", "history"):
+                tally.guests.add((answer.uid, answer.email))
             if done == "recorded":
                 tally.answers[answer.answer] += 1
                 if dry_run:

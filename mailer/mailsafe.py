@@ -36,7 +36,7 @@ def check_html(html: str) -> list[str]:
     styles = [element.get("style") or "" for element in tree.iter()
               if isinstance(element.tag, str)]
     styles += [style.text or "" for style in tree.iter("style")]
-    layouts = sorted({m.group(1).split(":")[0].strip().lower()
+    layouts = sorted({re.sub(r"\s+", "", m.group(1)).lower()
                       for text in styles for m in _LAYOUT.finditer(text)})
     if layouts:
         found.append(f"layout with {', '.join(layouts)}: Outlook for Windows ignores it; lay "

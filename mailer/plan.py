@@ -35,12 +35,19 @@ def kind_for(event: EventRun | None, held: int | None) -> Kind | Skip:
     return Skip.UP_TO_DATE if event.keeps_calendars else Kind.REMINDER
 
 
+SERVICE = (Kind.UPDATE, Kind.CANCELLATION)  # what a guest who unsubscribed still gets
+
+
 def decide(state: State | None, held: int | None, *, event: EventRun | None,
-           suppressed: bool = False, matches: bool = True, retry_failed: bool = False,
-           expired: bool = False, only: bool | None = None) -> Decision:
+           suppressed: bool = False, unsubscribed: bool = False, matches: bool = True,
+           retry_failed: bool = False, expired: bool = False, only: bool | None = None
+           ) -> Decision:
     """The one rule: what a guest in journal ``state`` (None: new to the campaign) who
     holds event version ``held`` gets in this run. ``only`` is None without --only, else
-    whether --only names the guest (it sends, or sends again, whatever was sent)."""
+    whether --only names the guest (it sends, or sends again, whatever was sent).
+    ``suppressed``: never mail (a suppression file, a bounce); ``unsubscribed`` (by
+    mail): nothing but a service message, the update or cancellation of an event the
+    guest's calendar holds (else that calendar keeps a wrong or cancelled event)."""
     def skip(why: Skip) -> Decision:
         return Decision(None, why, state, held)
 
@@ -66,6 +73,8 @@ def decide(state: State | None, held: int | None, *, event: EventRun | None,
         return skip(Skip.SENT_BEFORE)
     if isinstance(kind, Skip):
         return skip(kind)
+    if unsubscribed and kind not in SERVICE:
+        return skip(Skip.SUPPRESSED)
     return Decision(kind, None, state, held)
 
 
@@ -77,6 +86,7 @@ class Knowledge:
     campaign: str
     event: EventRun | None = None
     suppressed: set[str] = field(default_factory=set)  # bounces, unsubscribes (journal)
+    unsubscribed: set[str] = field(default_factory=set)  # of those, the unsubscribes
     bounced: set[str] = field(default_factory=set)
     answers: dict[str, str] = field(default_factory=dict)  # key → answer to the event
     sequence: int | None = None  # the event version this run sends
@@ -118,6 +128,7 @@ def read_knowledge(path: Path | None, campaign: str, *, uid: str = "",
     journal = Journal(path, create=False)
     knowledge.secret = journal.secret
     knowledge.suppressed = journal.suppressed_keys()
+    knowledge.unsubscribed = journal.unsubscribed_keys()
     knowledge.bounced = journal.bounced_keys()
     knowledge.expiry = expiry_cutoff(retry_for)
     if uid:
@@ -162,7 +173,8 @@ class Planner:
         self.named: set[str] = set()  # --only addresses found on the list
         self.tally = Tally()
 
-    def decide(self, recipient: Recipient, *, suppressed: bool, matches: bool) -> Decision:
+    def decide(self, recipient: Recipient, *, suppressed: bool, matches: bool,
+               unsubscribed: bool = False) -> Decision:
         key = recipient.address.key
         state, held, expired = self.knowledge.guest(key)
         only = None
@@ -171,8 +183,8 @@ class Planner:
             if only:
                 self.named.add(key)
         decision = decide(state, held, event=self.knowledge.event, suppressed=suppressed,
-                          matches=matches, retry_failed=self.retry_failed, expired=expired,
-                          only=only)
+                          unsubscribed=unsubscribed, matches=matches,
+                          retry_failed=self.retry_failed, expired=expired, only=only)
         self.tally.add(decision)
         return decision
 

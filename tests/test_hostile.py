@@ -91,7 +91,8 @@ def test_a_hostile_mailbox_over_imap(tmp_path: Path, sent: Sent, ca: Any,  # noq
         result = run("inbox", env=imap_env)
         assert result.exit_code == 0, result.output
         assert "Traceback" not in result.output
-        assert ("inbox: 7 read: 3 answers (1 accepted, 1 declined, 1 tentative), 1 bounce "
+        assert ("inbox: 7 read: 3 answers from 3 guests (1 accepted, 1 declined, 1 tentative), "
+                "1 bounce "
                 "(1 hard, 0 soft), 0 auto-replies, 0 unsubscribes, 1 other, 2 unreadable"
                 ) in result.output
         assert "not read: message UID 1 <parens@example.net>: nested too deep to read" \
@@ -232,7 +233,8 @@ def test_a_calendar_reply_marked_auto_generated_is_an_answer(tmp_path: Path,
     msg["Auto-Submitted"] = "auto-generated"  # as server-side calendars send it
     folder = to_maildir(tmp_path / "Maildir", [msg])
     result = run("inbox", "--maildir", str(folder), env=env)
-    assert "1 answer (1 accepted" in result.output and "0 auto-replies" in result.output
+    assert "1 answer from 1 guest (1 accepted" in result.output
+    assert "0 auto-replies" in result.output
 
 
 def test_control_characters_from_mail_are_never_printed_raw(tmp_path: Path,

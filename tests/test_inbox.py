@@ -248,7 +248,8 @@ def test_answers_bounces_and_unsubscribes_land_on_the_right_guests(
 
     result = run("inbox", "--maildir", str(folder), env=env)
     assert result.exit_code == 0, result.output
-    assert ("inbox: 13 read: 5 answers (2 accepted, 2 declined, 1 tentative), 4 bounces "
+    assert ("inbox: 13 read: 5 answers from 4 guests (2 accepted, 2 declined, 1 tentative), "
+            "4 bounces "
             "(3 hard, 1 soft), 1 auto-reply, 1 unsubscribe, 1 other, 2 not recorded: 1 not "
             "invited, 1 unverified bounce (named above)") in result.output
     assert "not recorded (not invited): an answer for stranger@example.com (accepted) from " \
@@ -312,7 +313,8 @@ def test_the_same_mailbox_as_mbox(tmp_path: Path, sent: tuple[Path, Path, dict[s
     box.close()
     result = run("inbox", "--mbox", str(tmp_path / "svar.mbox"), env=env)
     assert result.exit_code == 0, result.output
-    assert "inbox: 4 read: 4 answers (2 accepted, 1 declined, 1 tentative)" in result.output
+    assert "inbox: 4 read: 4 answers from 4 guests (2 accepted, 1 declined, 1 tentative)" \
+        in result.output
 
 
 def test_where_only_and_forget(tmp_path: Path, sent: tuple[Path, Path, dict[str, str]],
@@ -394,7 +396,8 @@ def test_a_real_imap_server_read_only_once_and_its_failures(
                         MAILER_IMAP_USERNAME=dovecot.USER, MAILER_IMAP_PASSWORD=dovecot.PASSWORD)
         result = run("inbox", env=imap_env)
         assert result.exit_code == 0, result.output
-        assert "inbox: 13 read: 5 answers (2 accepted, 2 declined, 1 tentative)" in result.output
+        assert "inbox: 13 read: 5 answers from 4 guests (2 accepted, 2 declined, " \
+               "1 tentative)" in result.output
         assert run("inbox", env=imap_env).output.startswith("inbox: 0 read")  # once
         assert flags() == before and len(before) == 13  # same UIDs, no flag set (PEEK)
         rows = {r["email"]: r for r in status_json(env)["recipients"]}

@@ -451,7 +451,7 @@ def test_the_mail_client_check_warns_in_validate(tmp_path: Path) -> None:
     assert "Gmail clips a message over 102 KB" in out
     assert "no lang attribute" in out and "<script>" in out
     assert "an external stylesheet (https://example.org/s.css)" in out
-    assert "layout with display, float: Outlook for Windows ignores it" in out
+    assert "layout with display:flex, float:left: Outlook for Windows ignores it" in out
     assert "an image without alt and width" in out
     assert out.count("Gmail clips") == 1  # the first message of each language only
     shipped = run("validate", str(EXAMPLE), "--template", "invitasjon", "--templates-dir",

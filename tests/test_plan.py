@@ -67,6 +67,10 @@ CANCELLED = EventRun("u@example.org", 3, cancelled=True, keeps_calendars=True)
     (None, 2, REMINDER, {}, Kind.REMINDER),
     (State.SENT, 2, REMINDER, {}, Skip.SENT_BEFORE),
     (State.SENT, 2, REMINDER, {"only": True}, Kind.REMINDER),
+    (State.SENT, 1, EVENT, {"unsubscribed": True}, Kind.UPDATE),  # a service message
+    (State.SENT, 2, CANCELLED, {"unsubscribed": True}, Kind.CANCELLATION),
+    (None, None, EVENT, {"unsubscribed": True}, Skip.SUPPRESSED),
+    (None, 2, REMINDER, {"unsubscribed": True}, Skip.SUPPRESSED),
 ])
 def test_the_one_rule(state: State | None, held: int | None, event: EventRun | None,
                       more: dict[str, bool], expected: Kind | Skip) -> None:
@@ -126,11 +130,12 @@ def test_a_workbook_on_standard_input_is_refused_with_a_reason(tmp_path: Path) -
 
 # The counts agree ----------------------------------------------------------------------
 
-def test_a_suppressed_holder_leaves_nothing_remaining_and_the_dry_run_counts_the_same(
+def test_holders_who_unsubscribed_get_the_update_suppressed_ones_leave_nothing_remaining(
         tmp_path: Path, shipped: Path, smtp: Server) -> None:  # noqa: F811
-    """A guest who unsubscribed by mail and holds the invitation: the update is not sent
-    to them, and no run says they remain (before: "1 remain for the next run", forever);
-    the dry run of the update counts what the real run sends."""
+    """Emma unsubscribed by mail and holds the invitation: the time change is a service
+    message, so her calendar gets it. Åse is on a suppression file: she gets nothing, and
+    no run says she remains (before: "1 remain for the next run", forever). The dry run of
+    the update counts what the real run sends."""
     controller, handler = smtp
     env = smtp_env(controller, MAILER_UNSUBSCRIBE_MAILTO="avmelding@example.org",
                    MAILER_INBOX_TRUSTED_AUTHSERV=AUTHSERV)
@@ -145,19 +150,26 @@ def test_a_suppressed_holder_leaves_nothing_remaining_and_the_dry_run_counts_the
     box.close()
     read = run("inbox", "--mbox", str(tmp_path / "inn.mbox"), env=env)
     assert read.exit_code == 0 and "unsubscribed: emma@example.org" in read.output
+    stop = write(tmp_path / "stopp.txt", "ase@example.org\n")
 
     edit_event(shipped, "start = 2027-10-27T10:15:00", "start = 2027-10-27T10:45:00")
     dry = run("send", str(listing), "--template", "invitasjon", "--templates-dir",
-              str(shipped), "--dry-run", "--outbox", str(tmp_path / "ut"), env=env)
+              str(shipped), "--suppress", str(stop), "--dry-run", "--outbox",
+              str(tmp_path / "ut"), env=env)
     assert dry.exit_code == 0, dry.output
     assert "dry run: 2 messages (2 updates)" in dry.output
-    update = send(shipped, listing, env, template="invitasjon")
+    update = send(shipped, listing, env, "--suppress", str(stop), template="invitasjon")
     assert update.exit_code == 0, update.output
     assert "sending 2 messages" in update.output and "remain" not in update.output
-    assert sorted(received(handler, 3)) == ["ase@example.org", "kari@example.org"]
-    again = send(shipped, listing, env, template="invitasjon")
+    assert sorted(received(handler, 3)) == ["emma@example.org", "kari@example.org"]
+    again = send(shipped, listing, env, "--suppress", str(stop), template="invitasjon")
     assert again.exit_code == 0 and "remain" not in again.output
     assert "sending" not in again.output and len(handler.messages) == 5
+    # A reminder is no service message: the guest who unsubscribed does not get it.
+    reminder = send(shipped, listing, env, "--suppress", str(stop),
+                    template="invitasjon/paminnelse")
+    assert reminder.exit_code == 0, reminder.output
+    assert sorted(received(handler, 5)) == ["kari@example.org"]
 
 
 def test_status_counts_as_queued_only_the_guests_the_plan_sends(

@@ -79,6 +79,10 @@ class InboxRecords(Store):
     def suppressed_keys(self) -> set[str]:
         return {str(row[0]) for row in self.db.execute("SELECT key FROM suppressions")}
 
+    def unsubscribed_keys(self) -> set[str]:
+        return {str(row[0]) for row in self.db.execute(
+            "SELECT key FROM suppressions WHERE reason = 'unsubscribe'")}
+
     def bounced_keys(self) -> set[str]:
         return {str(row[0]) for row in self.db.execute(
             "SELECT key FROM suppressions WHERE reason LIKE 'bounce%'")}
