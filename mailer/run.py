@@ -145,6 +145,15 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
         queue = stack.enter_context(Queue())
         planner = Planner(knowledge, retry_failed=options.retry_failed, only=options.only)
         check_or_fail(campaign, reporter, planner, _into(queue, campaign, keep_rendered=True))
+        if journal is not None and campaign.keeps_calendars:  # as a send would name them
+            holders = journal.holders(campaign.uid)
+            listed = {key for key, *_ in queue.guests() if key in holders}
+            removed = [holder for key, holder in holders.items() if key not in listed]
+            if removed:
+                reporter.line(_removed_notice([email for _, email, _ in removed],
+                                              options.cancel_removed))
+                if options.cancel_removed:
+                    _cancel(campaign, queue, removed, keep_rendered=True)
         title = f"{campaign.template} — {campaign.listing.display}"
         sender = campaign.settings.sender or ""
         with Outbox(outbox, title, campaign.attachments, sender=sender,
@@ -220,6 +229,16 @@ def _pool(campaign: Campaign, recorder: Recorder, options: SendOptions,
                       max_messages=options.max_messages, on_outcome=on_outcome)
 
 
+def _removed_notice(emails: list[str], cancelling: bool) -> str:
+    names = ", ".join(emails[:20])
+    more = f" and {len(emails) - 20} more" if len(emails) > 20 else ""
+    what = "each is sent a cancellation (--cancel-removed)" if cancelling else \
+        "--cancel-removed sends each a cancellation"
+    one = len(emails) == 1
+    return (f"{len(emails)} guest{'' if one else 's'} hold{'s' if one else ''} this invitation "
+            f"but {'is' if one else 'are'} no longer on the list: {names}{more}; {what}")
+
+
 def _with_archive(messages: Iterator[Outgoing], archive: str | None) -> Iterator[Outgoing]:
     for message in messages:
         message.archive = archive
@@ -283,21 +302,25 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
 
 def _removed(campaign: Campaign, journal: Journal, queue: Queue, options: SendOptions,
              reporter: Reporter) -> None:
-    """Name the guests who hold the event but are no longer on the list; with
-    --cancel-removed, queue a cancellation for each."""
+    """Name the guests who hold the event but are no longer on the list, once per change
+    of who they are (a cron run every ten minutes says it once), and on every run that
+    sends them the cancellation; with --cancel-removed, queue a cancellation for each."""
+    import hashlib
+
     removed = journal.removed_holders(campaign.id, campaign.uid)
-    if not removed:
-        return
-    names = ", ".join(email for _, email, _ in removed[:20])
-    more = f" and {len(removed) - 20} more" if len(removed) > 20 else ""
-    what = "each is sent a cancellation (--cancel-removed)" if options.cancel_removed else \
-        "--cancel-removed sends each a cancellation"
-    one = len(removed) == 1
-    reporter.line(f"{len(removed)} guest{'' if one else 's'} hold{'s' if one else ''} this "
-                  f"invitation but {'is' if one else 'are'} no longer on the list: "
-                  f"{names}{more}; {what}")
-    if not options.cancel_removed:
-        return
+    digest = hashlib.sha256("\n".join(key for key, _, _ in removed).encode()).hexdigest()
+    note = f"removed:{campaign.id}"
+    if removed and (options.cancel_removed or journal.note(note) != digest):
+        reporter.line(_removed_notice([email for _, email, _ in removed],
+                                      options.cancel_removed))
+    journal.keep_note(note, digest)
+    if options.cancel_removed:
+        _cancel(campaign, queue, removed)
+
+
+def _cancel(campaign: Campaign, queue: Queue, removed: list[tuple[str, str, str]],
+            keep_rendered: bool = False) -> None:
+    """Queue a cancellation for each guest (key, email, name) no longer on the list."""
     from .models import State
 
     headers = campaign.listing.headers
@@ -305,7 +328,8 @@ def _removed(campaign: Campaign, journal: Journal, queue: Queue, options: SendOp
         guest = Recipient(line=0, address=check_address(email), name=name, language=None,
                           headers=headers, row=[""] * len(headers))
         decision = Decision(Kind.CANCELLATION, None, State.SENT, campaign.sequence)
-        queue.put(guest, decision, campaign.build(guest, Kind.CANCELLATION, campaign.sequence))
+        queue.put(guest, decision, campaign.build(guest, Kind.CANCELLATION, campaign.sequence,
+                                                  keep_rendered=keep_rendered))
 
 
 # A test send ---------------------------------------------------------------------------

@@ -35,5 +35,6 @@ class Erasure(Store):
             deleted = db.execute("DELETE FROM deliveries WHERE campaign = ?",
                                  (campaign,)).rowcount
             db.execute("DELETE FROM campaigns WHERE id = ?", (campaign,))
+            db.execute("DELETE FROM meta WHERE name = ?", (f"removed:{campaign}",))
         self.compact()
         return int(deleted)

@@ -59,6 +59,13 @@ class Events(Store):
                               "AND cancelled = 0", (uid, key)).fetchone()
         return None if row is None else int(row[0])
 
+    def holders(self, uid: str) -> dict[str, tuple[str, str, str]]:
+        """key → (key, email, name) of every guest whose calendar holds the event (not
+        cancelled), by address."""
+        return {str(k): (str(k), str(e), str(n)) for k, e, n in self.db.execute(
+            "SELECT key, email, name FROM holders WHERE uid = ? AND cancelled = 0 "
+            "ORDER BY email", (uid,))}
+
     def removed_holders(self, campaign: str, uid: str) -> list[tuple[str, str, str]]:
         """(key, email, name) of guests who hold the event (not cancelled) but are no longer
         on this campaign's list."""

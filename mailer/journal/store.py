@@ -87,6 +87,16 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
         return bytes.fromhex(str(row[0]))
 
+    def note(self, name: str) -> str | None:
+        """A value the journal keeps for mailer itself (``meta``), or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def keep_note(self, name: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO "
+                       "UPDATE SET value = excluded.value", (name, value))
+
     def compact(self) -> None:
         """Rewrite the file without free pages, so deleted rows are really gone."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
