@@ -255,14 +255,15 @@ class Campaign:
                        ) -> dict[str, Any]:
         """``event``, ``update``, ``changes`` and ``cancelled`` for the templates."""
         if self.event is None:
-            return {"event": None, "update": False, "changes": [], "cancelled": False}
+            return {"event": None, "update": False, "changes": [], "cancelled": False,
+                    "removed": False}
         from .calendar import EventContext, changed_fields
 
         old = self.versions.get(held) if held is not None else None
         changes = changed_fields(old, self.event.shown()) if kind is Kind.UPDATE else []
         return {"event": EventContext(self.event, self.sequence),
                 "update": kind is Kind.UPDATE, "changes": changes,
-                "cancelled": kind is Kind.CANCELLATION}
+                "cancelled": kind is Kind.CANCELLATION, "removed": False}
 
     @property
     def event_run(self) -> EventRun | None:
@@ -393,7 +394,8 @@ class Campaign:
         return report
 
     def build(self, recipient: Recipient, kind: Kind | None = None, held: int | None = None,
-              *, to: Mailbox | None = None, keep_rendered: bool = False) -> Outgoing:
+              *, to: Mailbox | None = None, keep_rendered: bool = False,
+              removed: bool = False) -> Outgoing:
         """Render and build the message of one guest: ``kind`` as the plan said (default:
         what the campaign sends a new guest), ``held`` the event version their calendar
         holds; ``to`` replaces the guest in the envelope and To header (a test send)."""
@@ -401,6 +403,8 @@ class Campaign:
                         Kind.CANCELLATION if self.event.cancelled else Kind.INVITATION)
         assert self.renderer is not None
         context = self._event_context(kind, held) if self.event is not None else None
+        if context is not None:
+            context["removed"] = removed  # a cancellation for a guest taken off the list
         rendered = self.renderer.render(recipient, context)
         return self.assemble(recipient, rendered, kind, self.files_for(recipient),
                              keep_rendered=keep_rendered, to=to)

@@ -30,6 +30,7 @@ from .report import Reporter
 if TYPE_CHECKING:  # imported where a run needs them: `validate` starts without asyncio
     # and aiosmtplib
     from .journal import Journal
+    from .journal.events import Holder
     from .message import Attachment
     from .outbox import Outbox
     from .pool import OutcomeHook, Recorder, SenderPool
@@ -150,7 +151,7 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
             listed = {key for key, *_ in queue.guests() if key in holders}
             removed = [holder for key, holder in holders.items() if key not in listed]
             if removed:
-                reporter.line(_removed_notice([email for _, email, _ in removed],
+                reporter.line(_removed_notice([email for _, email, *_ in removed],
                                               options.cancel_removed))
                 if options.cancel_removed:
                     _cancel(campaign, queue, removed, keep_rendered=True)
@@ -308,28 +309,30 @@ def _removed(campaign: Campaign, journal: Journal, queue: Queue, options: SendOp
     import hashlib
 
     removed = journal.removed_holders(campaign.id, campaign.uid)
-    digest = hashlib.sha256("\n".join(key for key, _, _ in removed).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(key for key, *_ in removed).encode()).hexdigest()
     note = f"removed:{campaign.id}"
     if removed and (options.cancel_removed or journal.note(note) != digest):
-        reporter.line(_removed_notice([email for _, email, _ in removed],
+        reporter.line(_removed_notice([email for _, email, *_ in removed],
                                       options.cancel_removed))
     journal.keep_note(note, digest)
     if options.cancel_removed:
         _cancel(campaign, queue, removed)
 
 
-def _cancel(campaign: Campaign, queue: Queue, removed: list[tuple[str, str, str]],
+def _cancel(campaign: Campaign, queue: Queue, removed: list[Holder],
             keep_rendered: bool = False) -> None:
-    """Queue a cancellation for each guest (key, email, name) no longer on the list."""
+    """Queue a cancellation for each guest no longer on the list, in the language of the
+    message their calendar got, with ``removed`` true for the templates (the event goes
+    ahead: they are no longer on the guest list)."""
     from .models import State
 
     headers = campaign.listing.headers
-    for _key, email, name in removed:
-        guest = Recipient(line=0, address=check_address(email), name=name, language=None,
+    for _key, email, name, language in removed:
+        guest = Recipient(line=0, address=check_address(email), name=name, language=language,
                           headers=headers, row=[""] * len(headers))
         decision = Decision(Kind.CANCELLATION, None, State.SENT, campaign.sequence)
         queue.put(guest, decision, campaign.build(guest, Kind.CANCELLATION, campaign.sequence,
-                                                  keep_rendered=keep_rendered))
+                                                  keep_rendered=keep_rendered, removed=True))
 
 
 # A test send ---------------------------------------------------------------------------

@@ -153,6 +153,12 @@ def test_guests_taken_off_the_list_are_named_and_can_be_cancelled(
     assert list(cancel) == ["emma@example.org"]
     event = event_of(cancel["emma@example.org"], "CANCEL")
     assert str(event["attendee"]) == "mailto:emma@example.org"
+    # In Emma's language (the list no longer says it), and true: the event goes ahead.
+    emma = cancel["emma@example.org"]
+    assert emma["Subject"].startswith("No longer on the guest list: ")
+    text = emma.get_body(("plain",)).get_content()
+    assert "You are no longer on the guest list for this event, which goes ahead" in text
+    assert "cancelled" not in text
     out = send(shipped, listing, env, "--cancel-removed")
     assert "no longer on the list" not in out and len(handler.messages) == 4
 

@@ -7,6 +7,8 @@ import json
 
 from .store import Store, now
 
+Holder = tuple[str, str, str, str | None]  # key, email, name, language of the message
+
 
 class Events(Store):
     """The ``events``, ``event_versions`` and ``holders`` tables (and ``answers``, read)."""
@@ -59,21 +61,22 @@ class Events(Store):
                               "AND cancelled = 0", (uid, key)).fetchone()
         return None if row is None else int(row[0])
 
-    def holders(self, uid: str) -> dict[str, tuple[str, str, str]]:
-        """key → (key, email, name) of every guest whose calendar holds the event (not
-        cancelled), by address."""
-        return {str(k): (str(k), str(e), str(n)) for k, e, n in self.db.execute(
-            "SELECT key, email, name FROM holders WHERE uid = ? AND cancelled = 0 "
+    def holders(self, uid: str) -> dict[str, Holder]:
+        """key → (key, email, name, language) of every guest whose calendar holds the
+        event (not cancelled), by address."""
+        return {str(k): (str(k), str(e), str(n), lang) for k, e, n, lang in self.db.execute(
+            "SELECT key, email, name, language FROM holders WHERE uid = ? AND cancelled = 0 "
             "ORDER BY email", (uid,))}
 
-    def removed_holders(self, campaign: str, uid: str) -> list[tuple[str, str, str]]:
-        """(key, email, name) of guests who hold the event (not cancelled) but are no longer
-        on this campaign's list."""
+    def removed_holders(self, campaign: str, uid: str) -> list[Holder]:
+        """(key, email, name, language) of guests who hold the event (not cancelled) but
+        are no longer on this campaign's list."""
         rows = self.db.execute(
-            "SELECT h.key, h.email, h.name FROM holders h WHERE h.uid = ? AND h.cancelled = 0 "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign = ? AND d.key = h.key "
-            "AND d.line IS NOT NULL) ORDER BY h.email", (uid, campaign)).fetchall()
-        return [(str(k), str(e), str(n)) for k, e, n in rows]
+            "SELECT h.key, h.email, h.name, h.language FROM holders h WHERE h.uid = ? AND "
+            "h.cancelled = 0 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign = ? "
+            "AND d.key = h.key AND d.line IS NOT NULL) ORDER BY h.email",
+            (uid, campaign)).fetchall()
+        return [(str(k), str(e), str(n), lang) for k, e, n, lang in rows]
 
     def holder_counts(self, uid: str) -> tuple[int, int]:
         """(guests holding the current version, guests holding an older one)."""

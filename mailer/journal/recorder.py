@@ -42,7 +42,7 @@ class Recorder:
             # the guest's calendar now holds this version of the event
             uid, sequence, cancelled = message.holds
             self._holders.append((uid, message.key, message.email, message.name, sequence,
-                                  int(cancelled), now()))
+                                  int(cancelled), now(), message.lang or None))
 
     def revert(self, message: Outgoing) -> None:
         """Put a guest back as it was before this run marked it (a refusal that was no
@@ -80,10 +80,11 @@ class Recorder:
                 self._sending)
         if self._holders:
             db.executemany(
-                "INSERT INTO holders (uid, key, email, name, sequence, cancelled, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid, key) DO UPDATE SET "
-                "email = excluded.email, name = excluded.name, sequence = excluded.sequence,"
-                " cancelled = excluded.cancelled, updated = excluded.updated", self._holders)
+                "INSERT INTO holders (uid, key, email, name, sequence, cancelled, updated, "
+                "language) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid, key) DO UPDATE "
+                "SET email = excluded.email, name = excluded.name, sequence = "
+                "excluded.sequence, cancelled = excluded.cancelled, updated = "
+                "excluded.updated, language = excluded.language", self._holders)
         if self._reverts:
             db.executemany("UPDATE deliveries SET state = ?, attempts = max(attempts - 1, 0) "
                            "WHERE campaign = ? AND key = ?", self._reverts)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..models import State
 
-VERSION = 6
+VERSION = 7
 
 STATE_CHECK = "CHECK (state IN ({}))".format(", ".join(f"'{s.value}'" for s in State))
 
@@ -165,8 +165,14 @@ def _to_6(db: sqlite3.Connection) -> None:
     _script(db, TRUST)
 
 
+def _to_7(db: sqlite3.Connection) -> None:
+    """The language of the message each guest's calendar got: a cancellation sent to a
+    guest taken off the list speaks it (the list no longer says it)."""
+    db.execute("ALTER TABLE holders ADD COLUMN language TEXT")
+
+
 UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6}
+    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7}
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
