@@ -275,7 +275,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
               help="table: counts per state; csv/json: every recipient, for programs; "
                    "excel-csv (';', BOM, local times) and xlsx (--output): for people.")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="The file for --format xlsx.")
+              help="Write to this file (owner-only) instead of standard output; required "
+                   "for --format xlsx.")
 @handle_errors
 def status(journal: Path | None, campaign_id: str | None, fmt: str,
            output: Path | None) -> None:
@@ -289,6 +290,8 @@ def status(journal: Path | None, campaign_id: str | None, fmt: str,
                             settings=load_settings(journal=journal))
     if count is not None:
         click.echo(f"{count} guests written to {output}")
+    elif output is not None:
+        click.echo(f"status ({fmt}) written to {output}")
 
 
 @cli.command()

@@ -114,14 +114,20 @@ def test_send(recipients: Path, template: str, to: Sequence[str],
 def status(campaign_id: str | None = None, fmt: str = "table", *,
            out: IO[str] | None = None, output: Path | None = None,
            settings: Settings | None = None) -> int | None:
-    """Write the journal's status (``export.FORMATS``) to ``out`` (default stdout), or
-    for xlsx to ``output``; returns the guests written to a workbook."""
+    """Write the journal's status (``export.FORMATS``) to ``out`` (default stdout), or to
+    the file ``output`` (owner-only: it holds personal data; every format); returns the
+    guests written to a workbook."""
     from . import export
+    from .files import open_private
     from .journal import Journal
 
     settings = settings or load_settings()
     with Journal(settings.journal, create=False) as journal:
-        return export.status(journal, campaign_id, fmt, out or sys.stdout, output)
+        if output is None or fmt == "xlsx":
+            return export.status(journal, campaign_id, fmt, out or sys.stdout, output)
+        with open(open_private(output, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8",
+                  newline="") as handle:
+            return export.status(journal, campaign_id, fmt, handle)
 
 
 def read_inbox(*, maildir: Path | None = None, mbox: Path | None = None, dry_run: bool = False,

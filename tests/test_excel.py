@@ -177,3 +177,29 @@ def test_a_cell_that_cannot_be_read_is_an_error_on_its_row(tmp_path: Path, cell:
     assert result.exit_code == 65, result.output
     assert "Traceback" not in result.output
     assert f"{path}:3: a cell cannot be read (ValueError" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "excel-csv", "table"])
+def test_status_output_to_a_file_for_every_format(tmp_path: Path, smtp: Server,
+                                                  fmt: str) -> None:
+    """--output works for every format (csv and json ignored it and printed), owner-only."""
+    import json
+    import stat
+
+    controller, _ = smtp
+    root = tmp_path / "templates"
+    make_template(root, "t", subject_txt="Hei", body_txt="Hei\n")
+    env = smtp_env(controller)
+    listing = write(tmp_path / "l.csv", "navn;e-post\nKari;kari@example.org\n")
+    assert send(root, listing, env).exit_code == 0
+    target = tmp_path / f"status.{fmt}"
+    result = run("status", "--format", fmt, "--output", str(target), env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output == f"status ({fmt}) written to {target}\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    text = target.read_text(encoding="utf-8")
+    assert "kari@example.org" in text or fmt == "table"
+    if fmt == "json":
+        assert json.loads(text)["recipients"][0]["state"] == "sent"
+    if fmt == "table":
+        assert text.startswith("campaign") and "t:l.csv" in text
