@@ -172,7 +172,7 @@ class Campaign:
         inline: list[Attachment] = []
         self.templates = TemplateFolder(templates_dir, template, variables=variables,
                                         default_language=settings.language,
-                                        extra=self._event_context())
+                                        extra=self.event_context())
         logo = self.templates.logo()
         if "logo_url" in variables:  # a logo on the web, by --var logo_url=https://...
             self.templates.extra["logo"] = variables["logo_url"]
@@ -251,7 +251,7 @@ class Campaign:
 
     # The event ------------------------------------------------------------------------
 
-    def _event_context(self, kind: Kind = Kind.INVITATION, held: int | None = None
+    def event_context(self, kind: Kind = Kind.INVITATION, held: int | None = None
                        ) -> dict[str, Any]:
         """``event``, ``update``, ``changes`` and ``cancelled`` for the templates."""
         if self.event is None:
@@ -286,111 +286,18 @@ class Campaign:
         bulk = self.renderer is None and planner is None and visit is None and not self.where
         items = self.listing.scan(bulk=bulk)
         first = next(items, None)  # reads the header row: the columns are known from here
-        missing: list[str] = []
-        subject_uses: set[str] = set()
-        default = self.settings.language
-        known: set[str] = set(KNOWN_LANGUAGES)
-        if self.templates is not None:
-            missing = self.templates.missing_variables(self.listing.headers)
-            report.problems.extend(missing)
-            subject_uses = self.templates.subject_variables()
-            known |= {lang or default for lang in self.templates.variants}
-        report.fallback_language = default
-        if self.event is not None and self.event.starts < datetime.now(UTC):
-            report.warnings.append(
-                f"{self.settings.templates_dir / (self.template or '')}: warning: the event "
-                f"started {self.event.starts:%Y-%m-%d %H:%M} ({self.event.timezone}): is "
-                f"event.toml up to date?")
+        one = _Pass(self, report, planner, visit, mail_clients)
         if first is not None:
             items = itertools.chain((first,), items)
-        suppressed = self.suppressed
-        own_files = self.listing.attachment_column is not None  # else: --attach files only
-        renderer = None if missing else self.renderer
-        rows = recipients = 0
-
-        def unknown_language(line: int, language: str | None) -> None:
-            why = language_warning(language, known, default)
-            if why is not None:
-                report.fallback += 1
-                report.warnings.append(str(Problem(report.path, line, why, True)))
-
         for item in items:
             if isinstance(item, Plain):
-                rows += len(item.keys)
-                recipients += len(item.keys)
-                report.suppressed += len(suppressed.intersection(item.keys))
-                if item.languages is not None \
-                        and not known.issuperset(filter(None, item.languages)):
-                    for line, language in enumerate(item.languages, item.line):
-                        unknown_language(line, language)
-                continue
-            rows += 1
-            if isinstance(item, Problem):
+                one.plain(item)
+            elif isinstance(item, Problem):
+                one.rows += 1
                 (report.warnings if item.warning else report.problems).append(str(item))
-                continue
-            recipients += 1
-            unknown_language(item.line, item.language)
-            if item.multiline:
-                for column in item.multiline:
-                    if column in subject_uses:
-                        report.problems.append(str(Problem(
-                            report.path, item.line, f"column '{column}' holds a line break "
-                                                    f"and the subject uses it")))
-            is_suppressed = item.address.key in suppressed
-            unsubscribed = is_suppressed and item.address.key in self.unsubscribed
-            matches = True
-            if self.where and (not is_suppressed or unsubscribed):
-                try:
-                    matches = self.matches(item)
-                except InputError as exc:
-                    report.problems.append(str(exc))
-                report.matching = (report.matching or 0) + matches
-            decision = None if planner is None else \
-                planner.decide(item, suppressed=is_suppressed and not unsubscribed,
-                               unsubscribed=unsubscribed, matches=matches)
-            if is_suppressed:
-                report.suppressed += 1
-            if is_suppressed and (decision is None or decision.kind is None):
-                if visit is not None:  # the plan's rule decides; without a plan: nothing
-                    visit(item, decision, None, [])
-                continue
-            try:
-                files = self.files_for(item) if own_files else self.common
-            except AttachmentError as exc:
-                report.problems.append(str(Problem(report.path, item.line, str(exc))))
-                continue
-            if renderer is None:
-                if visit is not None:
-                    visit(item, decision, None, files)
-                continue
-            kind = decision.kind if decision is not None else None
-            try:
-                rendered = renderer.render(item, None if self.event is None or kind is None
-                                           else self._event_context(kind, decision.held
-                                                                    if decision else None))
-            except TemplateError as exc:
-                text = str(exc).replace(f" (recipient on line {item.line})", "")
-                report.template_errors.setdefault(text, []).append(item.line)
-                continue
-            size = encoded_size(files) + 2 * (len(rendered.text or "") + len(rendered.html or ""))
-            if size > WARN_BYTES:  # (MAX_BYTES is larger)
-                what = f"the message is about {size / 1024 / 1024:.1f} MB"
-                if size > MAX_BYTES:
-                    report.problems.append(str(Problem(
-                        report.path, item.line, f"{what}: over the 25 MB most providers accept")))
-                else:
-                    report.warnings.append(str(Problem(
-                        report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
-                        True)))
-            if visit is not None and report.ok:  # after an error, only the check goes on
-                visit(item, decision, rendered, files)
-            if mail_clients and rendered.html is not None \
-                    and rendered.lang not in report.languages:
-                where = self.settings.templates_dir / (self.template or "")
-                report.warnings.extend(f"{where}: warning: {rendered.lang}: {problem}"
-                                       for problem in check_html(rendered.html))
-            report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
-        report.rows, report.recipients = rows, recipients
+            else:
+                one.guest(item)
+        report.rows, report.recipients = one.rows, one.recipients
         return report
 
     def build(self, recipient: Recipient, kind: Kind | None = None, held: int | None = None,
@@ -402,7 +309,7 @@ class Campaign:
         kind = kind or (Kind.MESSAGE if self.event is None else
                         Kind.CANCELLATION if self.event.cancelled else Kind.INVITATION)
         assert self.renderer is not None
-        context = self._event_context(kind, held) if self.event is not None else None
+        context = self.event_context(kind, held) if self.event is not None else None
         if context is not None:
             context["removed"] = removed  # a cancellation for a guest taken off the list
         rendered = self.renderer.render(recipient, context)
@@ -449,3 +356,124 @@ class Campaign:
         from .calendar import ICS_FILENAME
 
         return [ICS_FILENAME] if self.event is not None else []  # the rest: per message
+
+
+class _Pass:
+    """One check of a list (``Campaign.check``): what its rows share, and what each kind
+    of item of the list does to the report."""
+
+    def __init__(self, campaign: Campaign, report: CheckReport, planner: Planner | None,
+                 visit: Visit | None, mail_clients: bool) -> None:
+        self.campaign, self.report, self.planner, self.visit = campaign, report, planner, visit
+        self.mail_clients = mail_clients
+        self.rows = self.recipients = 0
+        self.default = campaign.settings.language
+        self.known: set[str] = set(KNOWN_LANGUAGES)
+        self.subject_uses: set[str] = set()
+        missing: list[str] = []
+        templates = campaign.templates
+        if templates is not None:
+            missing = templates.missing_variables(campaign.listing.headers)
+            report.problems.extend(missing)
+            self.subject_uses = templates.subject_variables()
+            self.known |= {lang or self.default for lang in templates.variants}
+        report.fallback_language = self.default
+        event = campaign.event
+        if event is not None and event.starts < datetime.now(UTC):
+            report.warnings.append(
+                f"{campaign.settings.templates_dir / (campaign.template or '')}: warning: the "
+                f"event started {event.starts:%Y-%m-%d %H:%M} ({event.timezone}): is "
+                f"event.toml up to date?")
+        self.own_files = campaign.listing.attachment_column is not None  # else --attach only
+        self.renderer = None if missing else campaign.renderer
+
+    def _unknown_language(self, line: int, language: str | None) -> None:
+        why = language_warning(language, self.known, self.default)
+        if why is not None:
+            self.report.fallback += 1
+            self.report.warnings.append(str(Problem(self.report.path, line, why, True)))
+
+    def plain(self, item: Plain) -> None:
+        """Valid, unique rows read in bulk (a check of a list alone)."""
+        self.rows += len(item.keys)
+        self.recipients += len(item.keys)
+        self.report.suppressed += len(self.campaign.suppressed.intersection(item.keys))
+        if item.languages is not None \
+                and not self.known.issuperset(filter(None, item.languages)):
+            for line, language in enumerate(item.languages, item.line):
+                self._unknown_language(line, language)
+
+    def guest(self, item: Recipient) -> None:
+        """A valid, unique guest: the row's checks, the plan's word, then the message."""
+        report, campaign = self.report, self.campaign
+        self.rows += 1
+        self.recipients += 1
+        self._unknown_language(item.line, item.language)
+        for column in item.multiline:
+            if column in self.subject_uses:
+                report.problems.append(str(Problem(
+                    report.path, item.line, f"column '{column}' holds a line break and the "
+                                            f"subject uses it")))
+        key = item.address.key
+        is_suppressed = key in campaign.suppressed
+        unsubscribed = is_suppressed and key in campaign.unsubscribed
+        matches = True
+        if campaign.where and (not is_suppressed or unsubscribed):
+            try:
+                matches = campaign.matches(item)
+            except InputError as exc:
+                report.problems.append(str(exc))
+            report.matching = (report.matching or 0) + matches
+        decision = None if self.planner is None else \
+            self.planner.decide(item, suppressed=is_suppressed and not unsubscribed,
+                                unsubscribed=unsubscribed, matches=matches)
+        if is_suppressed:
+            report.suppressed += 1
+        if is_suppressed and (decision is None or decision.kind is None):
+            if self.visit is not None:  # the plan's rule decides; without a plan: nothing
+                self.visit(item, decision, None, [])
+            return
+        try:
+            files = campaign.files_for(item) if self.own_files else campaign.common
+        except AttachmentError as exc:
+            report.problems.append(str(Problem(report.path, item.line, str(exc))))
+            return
+        if self.renderer is None:
+            if self.visit is not None:
+                self.visit(item, decision, None, files)
+            return
+        self._render(item, decision, files)
+
+    def _render(self, item: Recipient, decision: Decision | None,
+                files: list[Attachment]) -> None:
+        """Render one guest's message as the plan says, check its size and (once per
+        language) its HTML, and hand it to the visitor while the list is still good."""
+        report, campaign = self.report, self.campaign
+        assert self.renderer is not None
+        kind = decision.kind if decision is not None else None
+        try:
+            rendered = self.renderer.render(
+                item, None if campaign.event is None or kind is None or decision is None
+                else campaign.event_context(kind, decision.held))
+        except TemplateError as exc:
+            text = str(exc).replace(f" (recipient on line {item.line})", "")
+            report.template_errors.setdefault(text, []).append(item.line)
+            return
+        size = encoded_size(files) + 2 * (len(rendered.text or "") + len(rendered.html or ""))
+        if size > WARN_BYTES:  # (MAX_BYTES is larger)
+            what = f"the message is about {size / 1024 / 1024:.1f} MB"
+            if size > MAX_BYTES:
+                report.problems.append(str(Problem(
+                    report.path, item.line, f"{what}: over the 25 MB most providers accept")))
+            else:
+                report.warnings.append(str(Problem(
+                    report.path, item.line, f"{what}: over 10 MB, some servers refuse it",
+                    True)))
+        if self.visit is not None and report.ok:  # after an error, only the check goes on
+            self.visit(item, decision, rendered, files)
+        if self.mail_clients and rendered.html is not None \
+                and rendered.lang not in report.languages:
+            where = campaign.settings.templates_dir / (campaign.template or "")
+            report.warnings.extend(f"{where}: warning: {rendered.lang}: {problem}"
+                                   for problem in check_html(rendered.html))
+        report.languages[rendered.lang] = report.languages.get(rendered.lang, 0) + 1
