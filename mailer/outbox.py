@@ -53,6 +53,7 @@ class Outbox:
                  images: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.title = title
+        self.attachment_names = list(attachments)  # on every message (invitasjon.ics)
         self.attachments = ", ".join(attachments)
         self.sender, self.reply_to, self.event = sender, reply_to, event
         self.images = images or {}  # cid:… → data: URI, so the page shows inline images
@@ -148,7 +149,9 @@ class Outbox:
         payload = {
             "from": self.sender, "reply_to": self.reply_to, "event": event,
             "to": to, "subject": job.subject, "file": path.name,
-            "attachments": [{"name": n, "href": href} for n, href in job.files],
+            # the calendar file too, as the list shows it (it has no file of its own)
+            "attachments": [*({"name": n, "href": ""} for n in self.attachment_names),
+                            *({"name": n, "href": href} for n, href in job.files)],
             "html": self._with_images(rendered.html) if rendered and rendered.html else None,
             "text": rendered.text if rendered else
             f"Only the first {PREVIEW_LIMIT} messages are shown here: open {path.name}.",
