@@ -26,13 +26,15 @@ demo: $(STAMP)
 	@echo "Open the preview page: outbox/index.html"
 
 ## system-deps: Debian packages of the real programs tests use (headless Chromium,
-## SpamAssassin, Postfix as a private smtpd, Dovecot as a private IMAP server); best effort
+## SpamAssassin, Postfix as a private smtpd, Dovecot as a private IMAP server, faketime to
+## run the CLI at another moment); best effort
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v spamassassin >/dev/null 2>&1 || missing="$$missing spamassassin"; \
 	test -x /usr/sbin/postfix || missing="$$missing postfix"; \
 	test -x /usr/sbin/dovecot || missing="$$missing dovecot-imapd"; \
+	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing$$missing"; \

@@ -193,6 +193,10 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="First retry delay, doubled each time, plus jitter [default 2].")
 @click.option("--max-messages", type=click.IntRange(1), metavar="N",
               help="Send at most N messages in this run, then stop (exit 0).")
+@click.option("--daily-limit", type=click.IntRange(1), metavar="N",
+              help="At most N envelope recipients in any 24 hours, counted across runs and "
+                   "campaigns of the journal; then stop (exit 0) [MAILER_DAILY_LIMIT, or the "
+                   "relay's preset].")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
 @click.option("--only", multiple=True, metavar="EMAIL", callback=_addresses,
               help="Send (or resend) this campaign's message to these guests only "
@@ -216,7 +220,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
          only: tuple[str, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
-         max_messages: int | None, retry_failed: bool, cancel_removed: bool,
+         max_messages: int | None, daily_limit: int | None, retry_failed: bool,
+         cancel_removed: bool,
          retry_for: str | None, test_to: tuple[str, ...], test_recipient: str | None,
          quiet: bool) -> None:
     """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
@@ -235,15 +240,21 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     settings = load_settings(templates_dir=templates_dir, journal=journal,
                              concurrency=concurrency, rate_limit=rate_limit,
                              retries=retries, retry_delay=retry_delay,
-                             retry_for=retry_for)
+                             retry_for=retry_for, daily_limit=daily_limit)
     lists = commands.ListOptions(variables, suppress, where, attach, attachments_dir, sheet,
                                  campaign_id)
     options = SendOptions(
         concurrency=settings.concurrency, rate=settings.rate, retries=settings.retries,
         retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
         retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed,
-        only=frozenset(check_address(address).key for address in only))
+        only=frozenset(check_address(address).key for address in only),
+        daily=settings.daily, timezone=settings.timezone)
     reporter = Reporter(quiet=quiet)
+    preset = settings.preset
+    line = None if preset is None else preset.describe(
+        rate=settings.rate_limit is None, daily=settings.daily_limit is None)
+    if line is not None and not quiet and not test_to:
+        reporter.line(line)  # the relay's limits, where the settings leave them unset
     if dry_run:
         box = commands.dry_run(recipients, template, outbox, settings=settings, options=lists,
                                send_options=options, reporter=reporter)

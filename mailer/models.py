@@ -202,6 +202,7 @@ class Stats:
     expired: list[tuple[str, str]] = field(default_factory=list)  # deferred too long: failed
     archive_refused: list[Named] = field(default_factory=list)  # the guest's went out
     stopped: str | None = None  # why the run stopped early, if it did
+    quota: bool = False  # the daily quota ended the run (not a failure: exit 0)
 
     def count(self, outcome: Outcome, named: Named) -> None:
         if outcome is Outcome.SENT:

@@ -50,7 +50,7 @@ class Recorder(Protocol):
     def sending(self, message: Outgoing) -> None: ...
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
-               reply: str) -> None: ...
+               reply: str, accepted: int = 1) -> None: ...
 
     def revert(self, message: Outgoing) -> None: ...
 
@@ -64,7 +64,7 @@ class NullRecorder:
         pass
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
-               reply: str) -> None:
+               reply: str, accepted: int = 1) -> None:
         pass
 
     def revert(self, message: Outgoing) -> None:
@@ -79,8 +79,8 @@ class SenderPool:
 
     def __init__(self, config: SmtpConfig, recorder: Recorder, *, concurrency: int = 4,
                  rate: float | None = None, retries: int = 3, retry_delay: float = 2.0,
-                 max_messages: int | None = None, on_outcome: OutcomeHook | None = None
-                 ) -> None:
+                 max_messages: int | None = None, on_outcome: OutcomeHook | None = None,
+                 budget: int | None = None, cost: int = 1) -> None:
         self.config = config
         self.recorder = recorder
         self.concurrency = concurrency
@@ -89,6 +89,10 @@ class SenderPool:
         self.retry_delay = retry_delay
         self.max_messages = max_messages
         self.on_outcome = on_outcome
+        # the daily quota: envelope recipients this run may still use (None: no quota),
+        # and what one message uses (2 with the archive copy)
+        self.budget = budget
+        self.cost = cost
         self.stats = Stats()
         self.produced = 0
         self.stopping = False
@@ -167,6 +171,11 @@ class SenderPool:
             self._exhausted = True
             self._fail_run(exc)
             return None
+        if self.budget is not None:
+            if self.budget < self.cost:  # this one would pass the daily quota: it stays
+                self._exhausted = self.stats.quota = True  # queued for a later run
+                return None
+            self.budget -= self.cost
         self.produced += 1
         self._pending += 1
         return message
@@ -346,7 +355,9 @@ class SenderPool:
             if archive is not None:
                 self.stats.archive_refused.append(
                     (message.email, archive.code, redact(" ".join(archive.text.split()))))
-            self._final(message, Outcome.SENT, reply.code, " ".join(reply.text.split()))
+            accepted = 1 + (message.archive is not None and archive is None)
+            self._final(message, Outcome.SENT, reply.code, " ".join(reply.text.split()),
+                        accepted)
 
     # Outcomes ----------------------------------------------------------------------
 
@@ -377,9 +388,9 @@ class SenderPool:
             raise
 
     def _final(self, message: Outgoing, outcome: Outcome, code: int | None,
-               reply: str) -> None:
+               reply: str, accepted: int = 1) -> None:
         if outcome is not Outcome.UNCONFIRMED:  # unconfirmed stays 'sending' in the journal
-            self.recorder.result(message, outcome, code, reply)
+            self.recorder.result(message, outcome, code, reply, accepted)
         self.stats.count(outcome, (message.email, code, reply))
         if self.on_outcome is not None:
             self.on_outcome(message, outcome, code, reply)

@@ -47,6 +47,8 @@ class SendOptions:
     retry_for: float = 3 * 86400.0  # seconds a guest may stay deferred across runs
     cancel_removed: bool = False  # send a cancellation to holders no longer on the list
     only: frozenset[str] = frozenset()  # send (or resend) to these keys only
+    daily: int | None = None  # envelope recipients in any 24 hours (the sending account's)
+    timezone: str = "Europe/Oslo"  # of the times a run shows
 
 
 @dataclass
@@ -220,14 +222,15 @@ def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter)
 
 
 def _pool(campaign: Campaign, recorder: Recorder, options: SendOptions,
-          on_outcome: OutcomeHook) -> SenderPool:
+          on_outcome: OutcomeHook, budget: int | None = None, cost: int = 1) -> SenderPool:
     from .pool import SenderPool
 
     assert campaign.sender is not None
     return SenderPool(campaign.settings.smtp(campaign.sender.domain), recorder,
                       concurrency=options.concurrency, rate=options.rate,
                       retries=options.retries, retry_delay=options.retry_delay,
-                      max_messages=options.max_messages, on_outcome=on_outcome)
+                      max_messages=options.max_messages, on_outcome=on_outcome,
+                      budget=budget, cost=cost)
 
 
 def _removed_notice(emails: list[str], cancelling: bool) -> str:
@@ -238,6 +241,29 @@ def _removed_notice(emails: list[str], cancelling: bool) -> str:
     one = len(emails) == 1
     return (f"{len(emails)} guest{'' if one else 's'} hold{'s' if one else ''} this invitation "
             f"but {'is' if one else 'are'} no longer on the list: {names}{more}; {what}")
+
+
+def _quota_left(journal: Journal, options: SendOptions, cost: int) -> int | None:
+    """Envelope recipients the daily quota still allows (None: no quota)."""
+    if options.daily is None:
+        return None
+    from datetime import UTC, datetime
+
+    from .pacing import quota, since
+
+    now = datetime.now(UTC)
+    return quota(journal.sends_since(since(now)), options.daily, cost, now)[0]
+
+
+def _quota_line(journal: Journal, options: SendOptions, cost: int, remain: int) -> str:
+    from datetime import UTC, datetime
+
+    from .pacing import limit_line, quota, since
+
+    assert options.daily is not None
+    now = datetime.now(UTC)
+    _, next_at = quota(journal.sends_since(since(now)), options.daily, cost, now)
+    return limit_line(options.daily, remain, next_at, options.timezone)
 
 
 def _with_archive(messages: Iterator[Outgoing], archive: str | None) -> Iterator[Outgoing]:
@@ -283,10 +309,18 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
         result.suppressed = skipped[Skip.SUPPRESSED] + skipped[Skip.BOUNCED]
         result.skipped = sum(skipped.values()) - result.suppressed - skipped[Skip.EXCLUDED] \
             - skipped[Skip.NOT_ONLY] - skipped[Skip.EXPIRED]
+        archive = campaign.settings.archive_bcc
+        cost = 1 + (archive is not None)  # envelope recipients a message uses
+        budget = _quota_left(journal, options, cost)
+        if queue.due and budget is not None and budget < cost:  # spent: say so, connect to
+            result.remaining = queue.due  # nothing, exit 0 (silent with --quiet)
+            if not reporter.quiet:
+                reporter.say(_quota_line(journal, options, cost, queue.due))
+            return result
         if queue.due:
-            pool = _pool(campaign, journal.recorder(campaign.id), options, reporter.outcome)
+            pool = _pool(campaign, journal.recorder(campaign.id), options, reporter.outcome,
+                         budget, cost)
             reporter.start(min(queue.due, options.max_messages or queue.due))
-            archive = campaign.settings.archive_bcc
             messages = _with_archive(queue.messages(_builder(campaign)),
                                      check_address(archive).ascii if archive else None)
             try:
@@ -295,6 +329,8 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
                 reporter.stop()
             stats = result.stats
             result.remaining = queue.due - stats.sent - len(stats.failed)
+            if stats.quota and not reporter.quiet:
+                reporter.say(_quota_line(journal, options, cost, result.remaining))
         result.stats.expired = expired
     reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
                      remaining=result.remaining, failed=result.exit_code != EXIT_OK)

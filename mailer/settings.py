@@ -15,6 +15,7 @@ from .ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from .connections.config import ImapConfig, SmtpConfig
+    from .pacing import Preset
 
 
 class Settings(BaseSettings):
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     retry_delay: float = Field(2.0, ge=0, le=3600, allow_inf_nan=False)
     retry_for: str = "3d"  # a deferred guest becomes failed ("expired") this long after
                            # the first attempt
+    daily_limit: int | None = Field(None, ge=1)  # envelope recipients in any 24 hours
+    smtp_provider: Literal["microsoft365", "google-workspace", "none"] | None = None
+    timezone: str = "Europe/Oslo"  # of the times a run shows (and of send windows)
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None  # an address: List-Unsubscribe mailto, read by inbox
     archive_bcc: str | None = None  # every real send is also delivered here (no Bcc header)
@@ -62,6 +66,22 @@ class Settings(BaseSettings):
     # for a sender (an unsubscribe by mail counts only then)
     inbox_trusted_authserv: str | None = None
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError, OSError):
+            raise ValueError("not a time zone (e.g. Europe/Oslo)") from None
+        return value
+
+    @field_validator("smtp_provider", mode="before")
+    @classmethod
+    def _provider(cls, value: Any) -> Any:
+        return (value.strip().lower() or None) if isinstance(value, str) else value
 
     @field_validator("smtp_security", "imap_security", mode="before")
     @classmethod
@@ -134,8 +154,27 @@ class Settings(BaseSettings):
         return parse_duration(self.retry_for)
 
     @property
+    def preset(self) -> Preset | None:
+        """The relay's preset (MAILER_SMTP_PROVIDER, else inferred from the host)."""
+        from .pacing import preset_for
+
+        return preset_for(self.smtp_provider, self.smtp_host)
+
+    @property
     def rate(self) -> float | None:
-        return None if self.rate_limit is None else parse_rate(self.rate_limit)
+        """MAILER_RATE_LIMIT, else the relay's preset."""
+        if self.rate_limit is not None:
+            return parse_rate(self.rate_limit)
+        preset = self.preset
+        return preset.rate if preset is not None else None
+
+    @property
+    def daily(self) -> int | None:
+        """MAILER_DAILY_LIMIT, else the relay's preset."""
+        if self.daily_limit is not None:
+            return self.daily_limit
+        preset = self.preset
+        return preset.daily if preset is not None else None
 
     # The connections' configurations ------------------------------------------------
 

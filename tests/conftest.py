@@ -122,3 +122,21 @@ def tls_files(ca: trustme.CA, tmp_path: Path) -> dict[str, Any]:
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return {"server_ctx": server_ctx, "ca_file": ca_file}
+
+
+@pytest.fixture(scope="session")
+def faketime(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment that runs a program at another moment: Debian's libfaketime, behind
+    tests/sleepshim.c (built here) so that sleeps and timed waits on the monotonic clock
+    still work; the monotonic clock is real. Add FAKETIME (e.g. "+25h")."""
+    import glob
+    import subprocess
+
+    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not found or gcc is None:
+        pytest.skip("Debian's faketime (libfaketime) and a C compiler are needed")
+    shim = tmp_path_factory.mktemp("faketime") / "sleepshim.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(shim),
+                    str(ROOT / "tests" / "sleepshim.c"), "-ldl"], check=True)
+    return {"LD_PRELOAD": f"{shim}:{found[0]}", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}

@@ -121,6 +121,12 @@ class Deliveries(Store):
                               "campaign = ? AND key = ?", (campaign, key)).fetchone()
         return None if row is None else (State(row[0]), row[1])
 
+    def sends_since(self, since: str) -> list[tuple[str, int]]:
+        """(when, envelope recipients) of every accepted transaction since ``since``, oldest
+        first: the daily quota's window."""
+        return [(str(at), int(n)) for at, n in self.db.execute(
+            "SELECT at, recipients FROM sends WHERE at > ? ORDER BY at", (since,))]
+
     # Reading -----------------------------------------------------------------------
 
     def require_campaign(self, campaign: str) -> None:

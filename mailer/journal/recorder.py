@@ -30,14 +30,20 @@ class Recorder:
         self._sending: list[tuple[Any, ...]] = []
         self._reverts: list[tuple[Any, ...]] = []
         self._holders: list[tuple[Any, ...]] = []
+        self._sends: list[tuple[Any, ...]] = []
 
     def sending(self, message: Outgoing) -> None:
         self._sending.append((message.message_id, now(), self.campaign, message.key))
 
     def result(self, message: Outgoing, outcome: Outcome, code: int | None,
-               reply: str) -> None:
-        self._results.append((outcome.value, code, printable(reply, 500), now(),
+               reply: str, accepted: int = 1) -> None:
+        """``accepted``: the envelope recipients the relay took (with the archive copy,
+        2), counted against the daily quota when the message was sent."""
+        stamp = now()
+        self._results.append((outcome.value, code, printable(reply, 500), stamp,
                               self.campaign, message.key))
+        if outcome is Outcome.SENT:
+            self._sends.append((stamp, accepted))
         if outcome is Outcome.SENT and message.holds is not None:
             # the guest's calendar now holds this version of the event
             uid, sequence, cancelled = message.holds
@@ -62,10 +68,9 @@ class Recorder:
         except sqlite3.Error as exc:
             raise TemporaryError(f"{self.store.path}: cannot write the journal: "
                                  f"{exc}") from None
-        self._results.clear()
-        self._sending.clear()
-        self._reverts.clear()
-        self._holders.clear()
+        for queued in (self._results, self._sending, self._reverts, self._holders,
+                       self._sends):
+            queued.clear()
 
     def _write(self, db: sqlite3.Connection) -> None:
         if self._results:
@@ -88,3 +93,5 @@ class Recorder:
         if self._reverts:
             db.executemany("UPDATE deliveries SET state = ?, attempts = max(attempts - 1, 0) "
                            "WHERE campaign = ? AND key = ?", self._reverts)
+        if self._sends:
+            db.executemany("INSERT INTO sends (at, recipients) VALUES (?, ?)", self._sends)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..models import State
 
-VERSION = 7
+VERSION = 8
 
 STATE_CHECK = "CHECK (state IN ({}))".format(", ".join(f"'{s.value}'" for s in State))
 
@@ -171,8 +171,16 @@ def _to_7(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE holders ADD COLUMN language TEXT")
 
 
+def _to_8(db: sqlite3.Connection) -> None:
+    """Every transaction the relay accepted, when and for how many envelope recipients
+    (the archive copy counts, as Microsoft counts it): the daily quota across runs and
+    campaigns of one sending account."""
+    db.execute("CREATE TABLE sends (at TEXT NOT NULL, recipients INTEGER NOT NULL)")
+    db.execute("CREATE INDEX sends_at ON sends (at)")
+
+
 UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7}
+    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8}
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:

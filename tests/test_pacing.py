@@ -1,0 +1,98 @@
+"""Pacing that respects the relay across runs: the daily quota counted from the journal
+(the archive copy counts double), the presets of Microsoft 365 and Google Workspace."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from tests.conftest import Server, people, run, send, smtp_env
+
+ARCHIVE = "arkiv@example.org"
+
+
+def expected_next(journal: Path) -> str:
+    """When the oldest send leaves the 24 hours, in Oslo time, as the run words it."""
+    with sqlite3.connect(journal) as db:
+        first = db.execute("SELECT min(at) FROM sends").fetchone()[0]
+    moment = datetime.fromisoformat(first) + timedelta(hours=24)
+    return f"{moment.astimezone(ZoneInfo('Europe/Oslo')):%a %H:%M}"
+
+
+def test_the_daily_quota_spans_runs_and_counts_the_archive_copy(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_ARCHIVE_BCC=ARCHIVE)
+    path = people(tmp_path, 8)
+    journal = tmp_path / ".mailer" / "journal.sqlite3"
+    first = send(tpl, path, env, "--daily-limit", "10", "--concurrency", "1")
+    assert first.exit_code == 0, first.output
+    assert len(handler.messages) == 5  # 5 guests and 5 archive copies: 10 recipients
+    assert all(m.rcpt_tos[1:] == [ARCHIVE] for m in handler.messages)
+    line = (f"daily limit reached (10 in 24 h): 3 remain; the next can go at "
+            f"{expected_next(journal)}")
+    assert line in first.output
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT sum(recipients), count(*) FROM sends").fetchone() == (10, 5)
+        states = dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+    assert states == {"sent": 5, "queued": 3}
+    connections = handler.connections
+    again = send(tpl, path, env, "--daily-limit", "10")  # spent: says so at once
+    assert again.exit_code == 0 and again.output.strip() == line
+    assert handler.connections == connections  # no connection was made
+    quiet = send(tpl, path, env, "--daily-limit", "10", "--quiet")  # cron: nothing to say
+    assert quiet.exit_code == 0 and quiet.output == ""
+    # Another campaign of the same journal (the same sending account) shares the quota.
+    other = send(tpl, people(tmp_path, 2, name="andre.csv"), env, "--daily-limit", "10")
+    assert other.exit_code == 0 and "daily limit reached (10 in 24 h): 2 remain" in other.output
+    wider = send(tpl, path, env, "--daily-limit", "16", "--concurrency", "1")
+    assert wider.exit_code == 0, wider.output
+    assert len(handler.messages) == 8 and "daily limit reached" not in wider.output
+
+
+def test_a_relay_preset_fills_in_what_is_unset_and_names_itself(tmp_path: Path,
+                                                                 tpl: Path) -> None:
+    path = people(tmp_path, 2)
+    env = {"MAILER_SENDER": "Digdir <invitasjon@example.org>",
+           "MAILER_SMTP_HOST": "smtp.office365.com"}
+    args = ("send", str(path), "--template", "t", "--templates-dir", str(tpl), "--dry-run",
+            "--outbox", str(tmp_path / "ut"))
+    dry = run(*args, env=env)  # a dry run connects to nothing
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.splitlines()[0] == "Microsoft 365 limits: 30/min, 10,000 recipients a day"
+    mine = run(*args, env=dict(env, MAILER_RATE_LIMIT="10/min"))
+    assert mine.output.splitlines()[0] == "Microsoft 365 limits: 10,000 recipients a day"
+    google = run(*args, env=dict(env, MAILER_SMTP_HOST="smtp-relay.gmail.com"))
+    assert google.output.splitlines()[0] == "Google Workspace limits: 2,000 recipients a day"
+    none = run(*args, env=dict(env, MAILER_SMTP_PROVIDER="none"))
+    assert "limits" not in none.output
+
+
+def test_the_next_day_the_quota_has_room_again(tmp_path: Path, tpl: Path, smtp: Server,
+                                                faketime: dict[str, str]) -> None:
+    """The real CLI run 25 hours later (Debian's faketime): the sends of the first run
+    have left the 24 hours, and the rest of the list goes out."""
+    import os
+    import subprocess
+    import sys
+
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_ARCHIVE_BCC=ARCHIVE)
+    path = people(tmp_path, 8)
+    first = send(tpl, path, env, "--daily-limit", "10", "--concurrency", "1")
+    assert first.exit_code == 0 and len(handler.messages) == 5, first.output
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full.update(env, **faketime, FAKETIME="+25h")
+    later = subprocess.run(
+        [sys.executable, "-m", "mailer", "send", str(path), "--template", "t",
+         "--templates-dir", str(tpl), "--daily-limit", "10"],
+        env=full, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert "daily limit reached" not in later.stdout + later.stderr
+    assert len(handler.messages) == 8
+    with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
+        first_at, last_at = db.execute("SELECT min(at), max(at) FROM sends").fetchone()
+    gap = datetime.fromisoformat(last_at) - datetime.fromisoformat(first_at)
+    assert timedelta(hours=24) < gap < timedelta(hours=26)  # the faked clock was used
