@@ -73,3 +73,42 @@ def limit_line(limit: int, remain: int, next_at: datetime, timezone: str) -> str
     when = next_at.astimezone(ZoneInfo(timezone))
     return (f"daily limit reached ({limit:,} in 24 h): {remain:,} remain; the next can go "
             f"at {when:%a %H:%M}")
+
+
+# Replies that speak of the pace, not of the guest -----------------------------------------
+
+# (code, enhanced status or "", words in the text or ""): a temporary reply that asks the
+# sender to slow down. The guest is deferred as any 4xx; the whole run slows down.
+SLOW_DOWN = (
+    (421, "4.7.0", ""),  # Gmail, Yahoo and others: "try again later", rate or reputation
+    (421, "4.7.28", ""),  # Gmail: unusual rate of unsolicited mail
+    (450, "4.2.1", ""),  # Gmail: the recipient receives mail too fast
+    (451, "4.7.500", ""),  # Outlook: "server busy, please try again later"
+    (451, "4.7.650", ""),  # Outlook: temporarily rate limited (IP reputation)
+    (454, "4.7.0", "throttl"),  # throttling
+    (452, "4.5.3", "too many"),  # too many recipients or messages in a while
+    (421, "", "too many"),  # "too many connections/messages", without a status
+    (450, "", "rate"),  # "rate limited", "rate exceeded"
+    (451, "", "throttl"),
+)
+
+# Permanent replies that say the mailbox's own daily sending quota is used up: no guest's
+# fault; the run stops (75) and nobody changes state.
+QUOTA_USED_UP = ("SubmissionQuotaExceeded", "5.4.5 Daily user sending limit exceeded",
+                 "Daily user sending quota exceeded")
+
+
+def asks_to_slow_down(code: int, text: str) -> bool:
+    """Whether a reply (its code, and its text with the enhanced status first) asks the
+    sender to slow down."""
+    if not 400 <= code < 500:
+        return False
+    lowered = text.lower()
+    status = lowered.split(" ", 1)[0]
+    return any(code == c and (not s or status == s) and (not w or w in lowered)
+               for c, s, w in SLOW_DOWN)
+
+
+def quota_used_up(code: int, text: str) -> bool:
+    return 500 <= code < 600 and any(marker.lower() in text.lower()
+                                     for marker in QUOTA_USED_UP)

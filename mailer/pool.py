@@ -28,6 +28,7 @@ from .connections.config import SmtpConfig
 from .connections.smtp import Connection, Lost, Refused, connect
 from .errors import ConfigError, MailerError, TemporaryError
 from .models import Outcome, Outgoing, Stats
+from .pacing import asks_to_slow_down, quota_used_up
 from .ratelimit import RateLimiter
 
 OutcomeHook = Callable[[Outgoing, Outcome, int | None, str], None]
@@ -80,7 +81,8 @@ class SenderPool:
     def __init__(self, config: SmtpConfig, recorder: Recorder, *, concurrency: int = 4,
                  rate: float | None = None, retries: int = 3, retry_delay: float = 2.0,
                  max_messages: int | None = None, on_outcome: OutcomeHook | None = None,
-                 budget: int | None = None, cost: int = 1) -> None:
+                 budget: int | None = None, cost: int = 1,
+                 say: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.recorder = recorder
         self.concurrency = concurrency
@@ -93,6 +95,8 @@ class SenderPool:
         # and what one message uses (2 with the archive copy)
         self.budget = budget
         self.cost = cost
+        self.say = say  # a line for a person (the reporter's)
+        self._slowed = False
         self.stats = Stats()
         self.produced = 0
         self.stopping = False
@@ -329,9 +333,20 @@ class SenderPool:
                     f"{self.config.where} refused the sender <{message.envelope_from}>: "
                     f"{code} {text} (the run stopped; no recipient changed state)"))
                 return
+            if exc.permanent and quota_used_up(code, text):
+                # The mailbox's own daily quota (Microsoft 365's SubmissionQuotaExceeded,
+                # Google's 5.4.5): no guest's fault, and nothing more goes today.
+                self.recorder.revert(message)
+                self._release(message)
+                self._fail_run(TemporaryError(
+                    f"the mailbox's daily sending quota is used up: {code} {text} (the run "
+                    f"stopped; no recipient changed state; a later run goes on)"))
+                return
             if exc.permanent:
                 self._final(message, Outcome.FAILED, code, text)
             else:
+                if asks_to_slow_down(code, text):
+                    self._slow_down(code, text)
                 self._temporary(message, code, text)
             if code == 421:
                 conn.abort()
@@ -358,6 +373,14 @@ class SenderPool:
             accepted = 1 + (message.archive is not None and archive is None)
             self._final(message, Outcome.SENT, reply.code, " ".join(reply.text.split()),
                         accepted)
+
+    def _slow_down(self, code: int, text: str) -> None:
+        """The relay asked the run to slow down: the whole run does (said once)."""
+        rate = self.limiter.slow_down()
+        if not self._slowed and self.say is not None:
+            self.say(f"the relay asked to slow down ({code} {text[:60]}"
+                     f"{'…' if len(text) > 60 else ''}): now {rate * 60:.3g}/min")
+        self._slowed = True
 
     # Outcomes ----------------------------------------------------------------------
 

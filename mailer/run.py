@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -222,7 +222,8 @@ def _deliver(pool: SenderPool, messages: Iterator[Outgoing], reporter: Reporter)
 
 
 def _pool(campaign: Campaign, recorder: Recorder, options: SendOptions,
-          on_outcome: OutcomeHook, budget: int | None = None, cost: int = 1) -> SenderPool:
+          on_outcome: OutcomeHook, budget: int | None = None, cost: int = 1,
+          say: Callable[[str], None] | None = None) -> SenderPool:
     from .pool import SenderPool
 
     assert campaign.sender is not None
@@ -230,7 +231,7 @@ def _pool(campaign: Campaign, recorder: Recorder, options: SendOptions,
                       concurrency=options.concurrency, rate=options.rate,
                       retries=options.retries, retry_delay=options.retry_delay,
                       max_messages=options.max_messages, on_outcome=on_outcome,
-                      budget=budget, cost=cost)
+                      budget=budget, cost=cost, say=say)
 
 
 def _removed_notice(emails: list[str], cancelling: bool) -> str:
@@ -319,7 +320,7 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
             return result
         if queue.due:
             pool = _pool(campaign, journal.recorder(campaign.id), options, reporter.outcome,
-                         budget, cost)
+                         budget, cost, reporter.line)
             reporter.start(min(queue.due, options.max_messages or queue.due))
             messages = _with_archive(queue.messages(_builder(campaign)),
                                      check_address(archive).ascii if archive else None)

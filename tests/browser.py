@@ -64,13 +64,20 @@ class Browser:
         return result["result"].get("value")
 
     def wait(self, expression: str, timeout: float = 15) -> Any:
+        """Poll until ``expression`` is true. An error counts as not yet: between two
+        documents (the blank page before ours, a reload) our elements are not there."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.js(expression)
+            try:
+                value = self.js(expression)
+            except RuntimeError as exc:
+                value, error = None, exc
+            else:
+                error = None
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {expression}")
+                raise AssertionError(f"timed out waiting for {expression}: {error}")
             time.sleep(0.05)
 
     def click(self, selector: str) -> None:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from tests.conftest import Server, people, run, send, smtp_env
 
@@ -96,3 +99,60 @@ def test_the_next_day_the_quota_has_room_again(tmp_path: Path, tpl: Path, smtp: 
         first_at, last_at = db.execute("SELECT min(at), max(at) FROM sends").fetchone()
     gap = datetime.fromisoformat(last_at) - datetime.fromisoformat(first_at)
     assert timedelta(hours=24) < gap < timedelta(hours=26)  # the faked clock was used
+
+
+def test_a_relay_that_asks_to_slow_down_slows_the_whole_run(tmp_path: Path, tpl: Path,
+                                                             smtp: Server) -> None:
+    """421 4.7.28 to every fifth message: the rate halves and a pause comes (the lower
+    bounds of the spacing measured at the server cannot be a matter of luck), the line is
+    said once, and every guest gets the message in the end."""
+    controller, handler = smtp
+    for n in (4, 9):
+        handler.rcpt_codes[f"p{n}@example.org"] = [
+            "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"]
+    result = send(tpl, people(tmp_path, 12), smtp_env(controller), "--rate-limit", "20/s",
+                  "--concurrency", "1", "--retries", "3")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("the relay asked to slow down (421 4.7.28 Our system has "
+                               "detected an unusual rate of unsolicite…): now 600/min") == 1
+    assert sorted(m.rcpt_tos[0] for m in handler.messages) == sorted(
+        f"p{n}@example.org" for n in range(12))
+    starts = [t for t, _ in handler.mail_at]  # every MAIL FROM, the refused ones too
+    refused = 4  # the 5th start was refused (p4)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert max(gaps[refused:refused + 2]) >= 1.0  # the pause after the first slow-down
+    assert min(gaps[refused:]) >= 0.1 - 0.005  # never faster than 10/s after it
+    assert min(gaps[:refused]) < 0.1  # 20/s before it
+
+
+def test_the_mailboxs_daily_quota_used_up_stops_the_run_and_changes_no_guest(
+        tmp_path: Path, tpl: Path, smtp: Server) -> None:
+    controller, handler = smtp
+    handler.end_reply["p2@example.org"] = (
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed "
+        "to process message due to a permanent exception")
+    env = smtp_env(controller)
+    result = send(tpl, people(tmp_path, 6), env, "--concurrency", "1")
+    assert result.exit_code == 75, result.output
+    assert "the mailbox's daily sending quota is used up: 554 5.2.0" in result.output
+    assert "no recipient changed state" in result.output
+    with sqlite3.connect(tmp_path / ".mailer" / "journal.sqlite3") as db:
+        states = dict(db.execute("SELECT key, state FROM deliveries"))
+    assert [states[f"p{n}@example.org"] for n in range(6)] == \
+        ["sent", "sent", "queued", "queued", "queued", "queued"]
+
+
+@pytest.mark.parametrize(("code", "text", "slow"), [
+    (421, "4.7.28 Our system has detected an unusual rate", True),  # Gmail
+    (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", True),
+    (451, "4.7.500 Server busy. Please try again later", True),  # Outlook
+    (454, "4.7.0 Throttling: too many messages", True),
+    (421, "4.7.0 Try again later, closing connection", True),
+    (451, "4.3.0 Mail server temporarily rejected message", False),  # not about the pace
+    (452, "4.2.2 The email account that you tried to reach is over quota", False),
+    (550, "5.7.1 Too many messages", False),  # permanent: the guest's
+])
+def test_the_table_of_replies_that_ask_to_slow_down(code: int, text: str, slow: bool) -> None:
+    from mailer.pacing import asks_to_slow_down
+
+    assert asks_to_slow_down(code, text) is slow
