@@ -92,6 +92,17 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        from .pacing import parse_window
+
+        try:
+            parse_window(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _addresses(ctx: click.Context, param: click.Parameter,
                values: Sequence[str]) -> tuple[str, ...]:
     from .address import AddressError, check_address
@@ -197,6 +208,13 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="At most N envelope recipients in any 24 hours, counted across runs and "
                    "campaigns of the journal; then stop (exit 0) [MAILER_DAILY_LIMIT, or the "
                    "relay's preset].")
+@click.option("--window", metavar="WINDOW", callback=_window,
+              help="Send only then, e.g. \"Mon-Fri 08:00-16:00,Sat 10:00-12:00\" in "
+                   "MAILER_TIMEZONE; outside it exit 0 saying when it opens "
+                   "[MAILER_SEND_WINDOW].")
+@click.option("--not-before", metavar="\"YYYY-MM-DD HH:MM\"",
+              help="The campaign's start (in MAILER_TIMEZONE), kept in the journal: no run "
+                   "sends before it.")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed recipients.")
 @click.option("--only", multiple=True, metavar="EMAIL", callback=_addresses,
               help="Send (or resend) this campaign's message to these guests only "
@@ -220,8 +238,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
          only: tuple[str, ...], dry_run: bool, outbox: Path,
          campaign_id: str | None, journal: Path | None, concurrency: int | None,
          rate_limit: str | None, retries: int | None, retry_delay: float | None,
-         max_messages: int | None, daily_limit: int | None, retry_failed: bool,
-         cancel_removed: bool,
+         max_messages: int | None, daily_limit: int | None, window: str | None,
+         not_before: str | None, retry_failed: bool, cancel_removed: bool,
          retry_for: str | None, test_to: tuple[str, ...], test_recipient: str | None,
          quiet: bool) -> None:
     """Send TEMPLATE to every recipient in RECIPIENTS (or --dry-run into an outbox).
@@ -240,7 +258,16 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
     settings = load_settings(templates_dir=templates_dir, journal=journal,
                              concurrency=concurrency, rate_limit=rate_limit,
                              retries=retries, retry_delay=retry_delay,
-                             retry_for=retry_for, daily_limit=daily_limit)
+                             retry_for=retry_for, daily_limit=daily_limit,
+                             send_window=window)
+    start = None
+    if not_before is not None:
+        from .pacing import parse_start
+
+        try:
+            start = parse_start(not_before, settings.timezone)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--not-before") from None
     lists = commands.ListOptions(variables, suppress, where, attach, attachments_dir, sheet,
                                  campaign_id)
     options = SendOptions(
@@ -248,7 +275,8 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
         retry_delay=settings.retry_delay, max_messages=max_messages, retry_failed=retry_failed,
         retry_for=settings.retry_for_seconds, cancel_removed=cancel_removed,
         only=frozenset(check_address(address).key for address in only),
-        daily=settings.daily, timezone=settings.timezone)
+        daily=settings.daily, timezone=settings.timezone, window=settings.window,
+        not_before=start)
     reporter = Reporter(quiet=quiet)
     preset = settings.preset
     line = None if preset is None else preset.describe(

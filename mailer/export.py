@@ -123,6 +123,10 @@ def table(journal: Journal, campaign: str | None, out: IO[str]) -> None:
             answers = journal.answer_counts(cid) or {}
             out.write(f"{cid}: answers: " + ", ".join(
                 f"{count} {name}" for name, count in answers.items()) + "\n")
+    for name, start in journal.notes("not-before:"):
+        cid = name.removeprefix("not-before:")
+        if campaign is None or cid == campaign:
+            out.write(f"{cid}: nothing is sent before {start} (--not-before)\n")
     waiting = journal.unverified()
     if waiting:
         out.write(f"{len(waiting)} unverified unsubscribe{'s' if len(waiting) != 1 else ''} "

@@ -203,6 +203,7 @@ class Stats:
     archive_refused: list[Named] = field(default_factory=list)  # the guest's went out
     stopped: str | None = None  # why the run stopped early, if it did
     quota: bool = False  # the daily quota ended the run (not a failure: exit 0)
+    closed: bool = False  # the send window closed (not a failure: exit 0)
 
     def count(self, outcome: Outcome, named: Named) -> None:
         if outcome is Outcome.SENT:

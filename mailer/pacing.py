@@ -6,6 +6,7 @@ Workspace: 2,000 a day per user), which fill in only what the settings leave uns
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -112,3 +113,86 @@ def asks_to_slow_down(code: int, text: str) -> bool:
 def quota_used_up(code: int, text: str) -> bool:
     return 500 <= code < 600 and any(marker.lower() in text.lower()
                                      for marker in QUOTA_USED_UP)
+
+
+# The send window and the start ----------------------------------------------------------
+
+_DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6,
+         "man": 0, "tir": 1, "ons": 2, "tor": 3, "fre": 4, "lør": 5, "søn": 6}
+_RANGE = re.compile(r"\s*([a-zæøå]{3})(?:\s*-\s*([a-zæøå]{3}))?\s+(\d{1,2}):(\d{2})\s*-\s*"
+                    r"(\d{1,2}):(\d{2})\s*\Z", re.I)
+
+
+@dataclass(frozen=True)
+class Window:
+    """When a campaign may send, in local time: ranges of days with a time of day each,
+    e.g. ``Mon-Fri 08:00-16:00,Sat 10:00-12:00`` (the end is not in the window)."""
+
+    text: str
+    ranges: tuple[tuple[frozenset[int], int, int], ...]  # (weekdays, start, end) in minutes
+
+    def _open(self, moment: datetime) -> datetime | None:
+        """The end of the range ``moment`` (local) lies in, or None when it lies in none."""
+        minute = moment.hour * 60 + moment.minute
+        for days, start, end in self.ranges:
+            if moment.weekday() in days and start <= minute < end:
+                midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+                return midnight + timedelta(minutes=end)
+        return None
+
+    def closes(self, now: datetime, timezone: str) -> datetime | None:
+        """When the window closes, if it is open ``now`` (else None)."""
+        return self._open(now.astimezone(ZoneInfo(timezone)))
+
+    def opens(self, now: datetime, timezone: str) -> datetime:
+        """The next moment the window opens after ``now`` (within two weeks)."""
+        local = now.astimezone(ZoneInfo(timezone))
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        for day in range(15):
+            date = midnight + timedelta(days=day)
+            for days, start, _ in sorted(self.ranges, key=lambda r: r[1]):
+                moment = (date + timedelta(minutes=start)).replace(tzinfo=local.tzinfo)
+                if date.weekday() in days and moment > local:
+                    return moment
+        return local  # a window with no range at all is refused when parsed
+
+
+def parse_window(text: str) -> Window:
+    """``Mon-Fri 08:00-16:00,Sat 10:00-12:00`` → a Window; ValueError saying why."""
+    ranges = []
+    for part in text.split(","):
+        found = _RANGE.match(part)
+        if found is None:
+            raise ValueError(f"{part.strip()!r}: use days and times, e.g. "
+                             f"'Mon-Fri 08:00-16:00,Sat 10:00-12:00'")
+        first, last, h1, m1, h2, m2 = found.groups()
+        try:
+            a, b = _DAYS[first.lower()], _DAYS[(last or first).lower()]
+        except KeyError:
+            raise ValueError(f"{part.strip()!r}: days are Mon Tue Wed Thu Fri Sat Sun"
+                             ) from None
+        days = frozenset(range(a, b + 1)) if a <= b else frozenset([*range(a, 7),
+                                                                    *range(0, b + 1)])
+        start, end = int(h1) * 60 + int(m1), int(h2) * 60 + int(m2)
+        if not (0 <= start < end <= 24 * 60 and int(m1) < 60 and int(m2) < 60):
+            raise ValueError(f"{part.strip()!r}: the end must be after the start, in the "
+                             f"same day (00:00-24:00)")
+        ranges.append((days, start, end))
+    return Window(text.strip(), tuple(ranges))
+
+
+def parse_start(text: str, timezone: str) -> datetime:
+    """``2027-09-01 09:00`` (in ``timezone``) → that moment; ValueError saying why."""
+    try:
+        moment = datetime.strptime(text.strip(), "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise ValueError("use YYYY-MM-DD HH:MM, e.g. 2027-09-01 09:00") from None
+    return moment.replace(tzinfo=ZoneInfo(timezone))
+
+
+def when(moment: datetime, timezone: str) -> str:
+    """A moment as a run says it: ``Mon 08:00`` within a week, else ``2027-09-01 09:00``."""
+    local = moment.astimezone(ZoneInfo(timezone))
+    if local - datetime.now(local.tzinfo) < timedelta(days=6):
+        return f"{local:%a %H:%M}"
+    return f"{local:%Y-%m-%d %H:%M}"

@@ -97,6 +97,7 @@ class SenderPool:
         self.cost = cost
         self.say = say  # a line for a person (the reporter's)
         self._slowed = False
+        self.deadline: float | None = None  # the send window's end (monotonic clock)
         self.stats = Stats()
         self.produced = 0
         self.stopping = False
@@ -165,6 +166,9 @@ class SenderPool:
             return None
         if self.max_messages is not None and self.produced >= self.max_messages:
             self._exhausted = True
+            return None
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._exhausted = self.stats.closed = True  # the send window closed
             return None
         try:
             message = next(self._messages)

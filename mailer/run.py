@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # imported where a run needs them: `validate` starts without 
     from .journal.events import Holder
     from .message import Attachment
     from .outbox import Outbox
+    from .pacing import Window
     from .pool import OutcomeHook, Recorder, SenderPool
 
 
@@ -49,6 +52,8 @@ class SendOptions:
     only: frozenset[str] = frozenset()  # send (or resend) to these keys only
     daily: int | None = None  # envelope recipients in any 24 hours (the sending account's)
     timezone: str = "Europe/Oslo"  # of the times a run shows
+    window: Window | None = None  # when the campaign may send
+    not_before: datetime | None = None  # the campaign's start (kept in the journal)
 
 
 @dataclass
@@ -244,6 +249,41 @@ def _removed_notice(emails: list[str], cancelling: bool) -> str:
             f"but {'is' if one else 'are'} no longer on the list: {names}{more}; {what}")
 
 
+def _schedule(campaign: Campaign, path: Path, options: SendOptions,
+              reporter: Reporter) -> tuple[bool, datetime | None]:
+    """(whether the campaign may send now, when the send window closes: None without
+    one). Not before its start, nor outside the window: said, unless quiet. The start
+    given by --not-before is kept in the journal, so later runs without it wait too."""
+    from .journal import Journal
+    from .pacing import when
+
+    now = datetime.now(UTC)
+    note = f"not-before:{campaign.id}"
+    start = options.not_before
+    if start is not None:
+        with Journal(path) as journal:
+            journal.keep_note(note, start.astimezone(UTC).isoformat(timespec="seconds"))
+    elif path.exists():
+        with Journal(path, create=False) as journal:
+            kept = journal.note(note)
+        start = None if kept is None else datetime.fromisoformat(kept)
+    if start is not None and now < start:
+        if not reporter.quiet:
+            reporter.say(f"campaign {campaign.id!r} starts {when(start, options.timezone)}: "
+                         f"nothing is sent before")
+        return False, None
+    window = options.window
+    if window is None:
+        return True, None
+    closes = window.closes(now, options.timezone)
+    if closes is None:
+        if not reporter.quiet:
+            reporter.say(f"outside the send window ({window.text}): it opens "
+                         f"{when(window.opens(now, options.timezone), options.timezone)}")
+        return False, None
+    return True, closes
+
+
 def _quota_left(journal: Journal, options: SendOptions, cost: int) -> int | None:
     """Envelope recipients the daily quota still allows (None: no quota)."""
     if options.daily is None:
@@ -281,6 +321,9 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
     assert campaign.sender is not None and campaign.template is not None
     result = Result()
     with CampaignLock(journal_path, campaign.id), contextlib.ExitStack() as stack:
+        now_ok, closes = _schedule(campaign, journal_path, options, reporter)
+        if not now_ok:
+            return result  # not now: said so (or silent with --quiet), exit 0
         knowledge, known = _knowledge(campaign, journal_path, options)
         if known is not None:
             stack.enter_context(known)
@@ -321,6 +364,8 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
         if queue.due:
             pool = _pool(campaign, journal.recorder(campaign.id), options, reporter.outcome,
                          budget, cost, reporter.line)
+            if closes is not None:  # the window's end, on the monotonic clock
+                pool.deadline = time.monotonic() + (closes - datetime.now(UTC)).total_seconds()
             reporter.start(min(queue.due, options.max_messages or queue.due))
             messages = _with_archive(queue.messages(_builder(campaign)),
                                      check_address(archive).ascii if archive else None)
@@ -332,6 +377,14 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
             result.remaining = queue.due - stats.sent - len(stats.failed)
             if stats.quota and not reporter.quiet:
                 reporter.say(_quota_line(journal, options, cost, result.remaining))
+            if stats.closed and closes is not None and options.window is not None \
+                    and not reporter.quiet:
+                from .pacing import when
+
+                zone = options.timezone
+                reporter.say(f"the send window closed at {when(closes, zone)}: "
+                             f"{result.remaining:,} remain; it opens again "
+                             f"{when(options.window.opens(closes, zone), zone)}")
         result.stats.expired = expired
     reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
                      remaining=result.remaining, failed=result.exit_code != EXIT_OK)

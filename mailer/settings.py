@@ -15,7 +15,7 @@ from .ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from .connections.config import ImapConfig, SmtpConfig
-    from .pacing import Preset
+    from .pacing import Preset, Window
 
 
 class Settings(BaseSettings):
@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     daily_limit: int | None = Field(None, ge=1)  # envelope recipients in any 24 hours
     smtp_provider: Literal["microsoft365", "google-workspace", "none"] | None = None
     timezone: str = "Europe/Oslo"  # of the times a run shows (and of send windows)
+    send_window: str | None = None  # e.g. "Mon-Fri 08:00-16:00,Sat 10:00-12:00"
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None  # an address: List-Unsubscribe mailto, read by inbox
     archive_bcc: str | None = None  # every real send is also delivered here (no Bcc header)
@@ -77,6 +78,16 @@ class Settings(BaseSettings):
         except (ValueError, KeyError, OSError):
             raise ValueError("not a time zone (e.g. Europe/Oslo)") from None
         return value
+
+    @field_validator("send_window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            from .pacing import parse_window
+
+            parse_window(value)
+            return value
+        return None
 
     @field_validator("smtp_provider", mode="before")
     @classmethod
@@ -167,6 +178,12 @@ class Settings(BaseSettings):
             return parse_rate(self.rate_limit)
         preset = self.preset
         return preset.rate if preset is not None else None
+
+    @property
+    def window(self) -> Window | None:
+        from .pacing import parse_window
+
+        return None if self.send_window is None else parse_window(self.send_window)
 
     @property
     def daily(self) -> int | None:

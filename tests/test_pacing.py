@@ -156,3 +156,75 @@ def test_the_table_of_replies_that_ask_to_slow_down(code: int, text: str, slow: 
     from mailer.pacing import asks_to_slow_down
 
     assert asks_to_slow_down(code, text) is slow
+
+
+def at(moment: str, faketime: dict[str, str], env: dict[str, str]) -> dict[str, str]:
+    """The environment of a run at ``moment`` (UTC; Oslo is an hour ahead in December)."""
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full.update(env, **faketime, FAKETIME=f"@{moment}", TZ="UTC")
+    return full
+
+
+def cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mailer", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_send_window_at_0759_0800_and_1600(tmp_path: Path, tpl: Path, smtp: Server,
+                                             faketime: dict[str, str]) -> None:
+    """Monday 7 December 2026, Oslo time, by Debian's faketime."""
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_SEND_WINDOW="Mon-Fri 08:00-16:00")
+    args = ["send", str(people(tmp_path, 3)), "--template", "t", "--templates-dir", str(tpl)]
+    code, out = cli(args, at("2026-12-07 06:59:00", faketime, env), tmp_path)
+    assert code == 0 and out.strip() == \
+        "outside the send window (Mon-Fri 08:00-16:00): it opens Mon 08:00", out
+    assert handler.connections == 0
+    assert not (tmp_path / ".mailer" / "journal.sqlite3").exists()  # nor read the list
+    code, out = cli([*args, "--quiet"], at("2026-12-07 06:59:00", faketime, env), tmp_path)
+    assert code == 0 and out == ""  # cron: silent
+    code, out = cli(args, at("2026-12-07 07:00:00", faketime, env), tmp_path)
+    assert code == 0 and len(handler.messages) == 3, out
+    more = ["send", str(people(tmp_path, 2, name="andre.csv")), "--template", "t",
+            "--templates-dir", str(tpl)]
+    code, out = cli(more, at("2026-12-07 15:00:00", faketime, env), tmp_path)
+    assert code == 0 and out.strip() == \
+        "outside the send window (Mon-Fri 08:00-16:00): it opens Tue 08:00", out
+    assert len(handler.messages) == 3
+
+
+def test_a_run_stops_when_the_send_window_closes(tmp_path: Path, tpl: Path, smtp: Server,
+                                                 faketime: dict[str, str]) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller, MAILER_SEND_WINDOW="Mon-Fri 08:00-16:00")
+    args = ["send", str(people(tmp_path, 40)), "--template", "t", "--templates-dir", str(tpl),
+            "--rate-limit", "2/s"]  # 20 s of sending, and the window closes in 8
+    code, out = cli(args, at("2026-12-07 14:59:52", faketime, env), tmp_path)
+    assert code == 0, out
+    sent = len(handler.messages)
+    assert 0 < sent < 40
+    assert f"the send window closed at Mon 16:00: {40 - sent} remain; it opens again " \
+           f"Tue 08:00" in out
+
+
+def test_a_campaign_starts_when_it_was_told_to(tmp_path: Path, tpl: Path, smtp: Server,
+                                               faketime: dict[str, str]) -> None:
+    controller, handler = smtp
+    env = smtp_env(controller)
+    args = ["send", str(people(tmp_path, 2)), "--template", "t", "--templates-dir", str(tpl)]
+    code, out = cli([*args, "--not-before", "2026-12-07 09:00"],
+                    at("2026-12-07 07:30:00", faketime, env), tmp_path)
+    assert code == 0 and out.strip() == \
+        "campaign 't:liste.csv' starts Mon 09:00: nothing is sent before", out
+    code, out = cli(args, at("2026-12-07 07:59:00", faketime, env), tmp_path)  # remembered
+    assert code == 0 and "starts Mon 09:00" in out and handler.messages == []
+    table = run("status", env=env)
+    assert "t:liste.csv: nothing is sent before 2026-12-07T08:00:00+00:00" in table.output
+    code, out = cli(args, at("2026-12-07 08:00:00", faketime, env), tmp_path)
+    assert code == 0 and len(handler.messages) == 2, out

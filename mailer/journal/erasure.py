@@ -35,6 +35,7 @@ class Erasure(Store):
             deleted = db.execute("DELETE FROM deliveries WHERE campaign = ?",
                                  (campaign,)).rowcount
             db.execute("DELETE FROM campaigns WHERE id = ?", (campaign,))
-            db.execute("DELETE FROM meta WHERE name = ?", (f"removed:{campaign}",))
+            db.execute("DELETE FROM meta WHERE name IN (?, ?)",
+                       (f"removed:{campaign}", f"not-before:{campaign}"))
         self.compact()
         return int(deleted)

@@ -92,6 +92,12 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    def notes(self, prefix: str) -> list[tuple[str, str]]:
+        """(name, value) of the values kept under names that start with ``prefix``."""
+        return [(str(n), str(v)) for n, v in self.db.execute(
+            "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ? ORDER BY name",
+            (len(prefix), prefix))]
+
     def keep_note(self, name: str, value: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO "
