@@ -294,6 +294,11 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
             click.echo(f"dry run: {box.count} messages{f' ({kinds})' if kinds else ''} "
                        f"written to {outbox}/ (nothing sent); "
                        f"preview: {box.index.resolve().as_uri()}")
+            from .run import estimate
+
+            line = estimate(box.count, options, settings, settings.journal)
+            if line is not None:
+                click.echo(line)
         return
     if test_to:
         result = commands.test_send(recipients, template, test_to, test_recipient,

@@ -196,3 +196,31 @@ def when(moment: datetime, timezone: str) -> str:
     if local - datetime.now(local.tzinfo) < timedelta(days=6):
         return f"{local:%a %H:%M}"
     return f"{local:%Y-%m-%d %H:%M}"
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def estimate(remain: int, rate: float | None, daily: int | None, left: int | None,
+             cost: int, now: datetime, timezone: str) -> str | None:
+    """How long ``remain`` messages take at the current limits: ``2,114 remain: about 70
+    min at 30/min; after the daily limit, done Thu 10:52`` (None without a limit to
+    reckon with). ``left``: the recipients the daily quota allows now."""
+    if remain <= 0 or (rate is None and daily is None):
+        return None
+    text = f"{remain:,} remain"
+    seconds = remain / rate if rate else 0.0
+    if rate:
+        text += f": about {_duration(seconds)} at {rate * 60:.3g}/min"
+    if daily is not None and left is not None and remain * cost > left:
+        # what today's quota leaves goes now, the rest a day at a time
+        later = remain * cost - max(left, 0)
+        days = -(-later // daily)  # whole days after this one
+        last = later - (days - 1) * daily
+        done = now + WINDOW * days + timedelta(seconds=(last / cost) / rate if rate else 0)
+        text += f"{';' if rate else ':'} after the daily limit, done {when(done, timezone)}"
+    return text

@@ -28,6 +28,7 @@ from .models import Decision, Kind, Outgoing, Recipient, Rendered, Skip, Stats
 from .plan import Knowledge, Planner, Tally, read_knowledge
 from .queue import Build, Queue, finish
 from .report import Reporter
+from .settings import Settings
 
 if TYPE_CHECKING:  # imported where a run needs them: `validate` starts without asyncio
     # and aiosmtplib
@@ -388,7 +389,29 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
         result.stats.expired = expired
     reporter.summary(result.stats, skipped=result.skipped, suppressed=result.suppressed,
                      remaining=result.remaining, failed=result.exit_code != EXIT_OK)
+    line = estimate(result.remaining, options, campaign.settings, journal_path)
+    if line is not None and not reporter.quiet:
+        reporter.say(line)
     return result
+
+
+def estimate(remain: int, options: SendOptions, settings: Settings, path: Path
+             ) -> str | None:
+    """How long ``remain`` messages take at the run's limits (None: no limit, nothing to
+    reckon with): for the summary of a send and for a dry run."""
+    from .journal import Journal
+    from .pacing import estimate as reckon
+    from .pacing import quota, since
+
+    cost = 1 + (settings.archive_bcc is not None)
+    now = datetime.now(UTC)
+    left = None
+    if options.daily is not None:
+        left = options.daily
+        if path.exists():
+            with Journal(path, create=False) as journal:
+                left = quota(journal.sends_since(since(now)), options.daily, cost, now)[0]
+    return reckon(remain, options.rate, options.daily, left, cost, now, options.timezone)
 
 
 def _removed(campaign: Campaign, journal: Journal, queue: Queue, options: SendOptions,

@@ -37,6 +37,7 @@ def test_the_daily_quota_spans_runs_and_counts_the_archive_copy(
     line = (f"daily limit reached (10 in 24 h): 3 remain; the next can go at "
             f"{expected_next(journal)}")
     assert line in first.output
+    assert "3 remain: after the daily limit, done " in first.output  # the estimate
     with sqlite3.connect(journal) as db:
         assert db.execute("SELECT sum(recipients), count(*) FROM sends").fetchone() == (10, 5)
         states = dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
@@ -65,6 +66,12 @@ def test_a_relay_preset_fills_in_what_is_unset_and_names_itself(tmp_path: Path,
     dry = run(*args, env=env)  # a dry run connects to nothing
     assert dry.exit_code == 0, dry.output
     assert dry.output.splitlines()[0] == "Microsoft 365 limits: 30/min, 10,000 recipients a day"
+    assert "2 remain: about 1 min at 30/min" in dry.output
+    many = run("send", str(people(tmp_path, 90, name="mange.csv")), "--template", "t",
+               "--templates-dir", str(tpl), "--dry-run", "--outbox", str(tmp_path / "ut2"),
+               env=env)
+    assert many.exit_code == 0, many.output
+    assert "90 remain: about 3 min at 30/min" in many.output  # the estimate, at the preset
     mine = run(*args, env=dict(env, MAILER_RATE_LIMIT="10/min"))
     assert mine.output.splitlines()[0] == "Microsoft 365 limits: 10,000 recipients a day"
     google = run(*args, env=dict(env, MAILER_SMTP_HOST="smtp-relay.gmail.com"))
@@ -228,3 +235,17 @@ def test_a_campaign_starts_when_it_was_told_to(tmp_path: Path, tpl: Path, smtp: 
     assert "t:liste.csv: nothing is sent before 2026-12-07T08:00:00+00:00" in table.output
     code, out = cli(args, at("2026-12-07 08:00:00", faketime, env), tmp_path)
     assert code == 0 and len(handler.messages) == 2, out
+
+
+def test_the_estimate_at_the_current_limits() -> None:
+    from mailer.pacing import estimate
+
+    now = datetime.now(ZoneInfo("UTC")).replace(microsecond=0)
+    # 2,114 at 30/min is 70 min; the quota lets 500 go today, the other 1,614 go tomorrow
+    # from the moment it allows them, at 30/min: 54 min after this time tomorrow.
+    done = (now + timedelta(hours=24, seconds=1614 * 2)).astimezone(ZoneInfo("Europe/Oslo"))
+    assert estimate(2114, 0.5, 10_000, 500, 1, now, "Europe/Oslo") == \
+        f"2,114 remain: about 70 min at 30/min; after the daily limit, done {done:%a %H:%M}"
+    assert estimate(300, 0.5, 10_000, 9_000, 1, now, "Europe/Oslo") == \
+        "300 remain: about 10 min at 30/min"  # within today's quota
+    assert estimate(300, None, None, None, 1, now, "Europe/Oslo") is None  # no limits
