@@ -374,11 +374,15 @@ def test_the_preview_page_at_phone_width_and_by_a_link_to_one_message(
                           ".getBoundingClientRect(); const tools = document.getElementById("
                           "'tools').getBoundingClientRect(); return row.top >= tools.bottom "
                           "&& row.bottom <= window.innerHeight; })()")
+        # A window 390 px wide (not mobile emulation: there the layout width is 980 px
+        # until the viewport tag is read), and the page loaded anew in it.
         browser.call("Emulation.setDeviceMetricsOverride", width=390, height=844,
-                     deviceScaleFactor=1, mobile=True)
-        browser.call("Page.reload")
-        browser.wait("document.readyState === 'complete' && window.innerWidth === 390 && "
-                     "document.querySelectorAll('#rows tr').length === 7")
+                     deviceScaleFactor=1, mobile=False)
+        browser.wait("window.innerWidth === 390")
+        browser.call("Page.navigate", url=index.as_uri())
+        browser.wait("document.readyState === 'complete' && location.hash === '' && "
+                     "document.querySelectorAll('#rows tr').length === 7 && "
+                     "document.getElementById('m-to').textContent.includes('kari')")
         # Nothing is wider than the screen: no horizontal scrolling of the page.
         assert browser.js("document.documentElement.scrollWidth <= window.innerWidth")
         assert browser.js("document.getElementById('list').getBoundingClientRect().right") \
