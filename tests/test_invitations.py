@@ -360,10 +360,14 @@ def test_preview_page_in_headless_chromium(templates: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_the_preview_page_at_phone_width_and_by_a_link_to_one_message(
-        templates: Path) -> None:
+        tmp_path: Path, templates: Path) -> None:
     from tests.browser import Browser
 
-    dry_run(templates, "invitasjon")
+    # A list in a folder with a long name: the page's title shows its path.
+    listing = tmp_path / ("lister-" + "x" * 60) / "gjester.csv"
+    listing.parent.mkdir()
+    shutil.copy(EXAMPLE, listing)
+    dry_run(templates, "invitasjon", listing)
     index = Path("outbox/index.html").resolve()
     browser = Browser(index.as_uri() + "#m6")
     try:
