@@ -103,7 +103,10 @@ class Dovecot:
 
     def _own(self) -> None:
         for path in [self.root / "mail", *(self.root / "mail").rglob("*")]:
-            shutil.chown(path, "nobody", "nogroup")
+            try:
+                shutil.chown(path, "nobody", "nogroup")
+            except FileNotFoundError:  # Dovecot's own lock or temporary file, gone since
+                pass
 
     def deliver(self, data: bytes) -> None:
         mailbox.Maildir(self.maildir, create=False).add(data)
