@@ -5,6 +5,7 @@ use it are skipped without them."""
 
 from __future__ import annotations
 
+import contextlib
 import mailbox
 import os
 import shutil
@@ -103,10 +104,9 @@ class Dovecot:
 
     def _own(self) -> None:
         for path in [self.root / "mail", *(self.root / "mail").rglob("*")]:
-            try:
+            # Dovecot's own lock or temporary file may be gone since it was listed
+            with contextlib.suppress(FileNotFoundError):
                 shutil.chown(path, "nobody", "nogroup")
-            except FileNotFoundError:  # Dovecot's own lock or temporary file, gone since
-                pass
 
     def deliver(self, data: bytes) -> None:
         mailbox.Maildir(self.maildir, create=False).add(data)
