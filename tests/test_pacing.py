@@ -128,8 +128,12 @@ def test_a_relay_that_asks_to_slow_down_slows_the_whole_run(tmp_path: Path, tpl:
     refused = 4  # the 5th start was refused (p4)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert max(gaps[refused:refused + 2]) >= 1.0  # the pause after the first slow-down
-    assert min(gaps[refused:]) >= 0.1 - 0.005  # never faster than 10/s after it (it was
-    # 0.05 s before: what the limiter allows; the machine's load may make any gap longer)
+    # Never faster than 10/s after it (0.05 s a start before). One gap seen at the server
+    # may be shortened by the delay of the message before it; the span of all the starts
+    # after the pause cannot be, by more than one such delay.
+    after = starts[refused + 1:]
+    assert len(after) >= 8
+    assert after[-1] - after[0] >= 0.1 * (len(after) - 1) - 0.05
 
 
 def test_the_mailboxs_daily_quota_used_up_stops_the_run_and_changes_no_guest(
