@@ -69,38 +69,35 @@ def _vars(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> 
     return result
 
 
-def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
+def _checked(parse: Callable[[str], object]) -> Callable[..., str | None]:
+    """A click callback that keeps an option's text when ``parse`` reads it, and makes
+    its ValueError a usage error (exit 2). Settings parse the text again, once."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
+        return value
+    return callback
+
+
+def _rate(text: str) -> object:
     from .ratelimit import parse_rate
 
-    try:
-        parse_rate(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+    return parse_rate(text)
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        from .settings import parse_duration
+def _duration(text: str) -> object:
+    from .settings import parse_duration
 
-        try:
-            parse_duration(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+    return parse_duration(text)
 
 
-def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        from .pacing import parse_window
+def _window(text: str) -> object:
+    from .pacing import parse_window
 
-        try:
-            parse_window(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+    return parse_window(text)
 
 
 def _addresses(ctx: click.Context, param: click.Parameter,
@@ -196,7 +193,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="Journal file [MAILER_JOURNAL, default .mailer/journal.sqlite3].")
 @click.option("--concurrency", type=click.IntRange(1, 100),
               help="SMTP connections at once [MAILER_CONCURRENCY, default 4].")
-@click.option("--rate-limit", callback=_rate, metavar="RATE",
+@click.option("--rate-limit", callback=_checked(_rate), metavar="RATE",
               help="N/s, N/min, N/h or N per second [MAILER_RATE_LIMIT, default unlimited].")
 @click.option("--retries", type=click.IntRange(0, 20),
               help="Retries of a temporary failure within the run [default 3].")
@@ -208,7 +205,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
               help="At most N envelope recipients in any 24 hours, counted across runs and "
                    "campaigns of the journal; then stop (exit 0) [MAILER_DAILY_LIMIT, or the "
                    "relay's preset].")
-@click.option("--window", metavar="WINDOW", callback=_window,
+@click.option("--window", metavar="WINDOW", callback=_checked(_window),
               help="Send only then, e.g. \"Mon-Fri 08:00-16:00,Sat 10:00-12:00\" in "
                    "MAILER_TIMEZONE; outside it exit 0 saying when it opens "
                    "[MAILER_SEND_WINDOW].")
@@ -222,7 +219,7 @@ def validate(recipients: Path, template: str | None, templates_dir: Path | None,
 @click.option("--cancel-removed", is_flag=True,
               help="Send a cancellation to guests who hold the event's invitation but are "
                    "no longer on the list.")
-@click.option("--retry-for", metavar="DURATION", callback=_duration,
+@click.option("--retry-for", metavar="DURATION", callback=_checked(_duration),
               help="Give up on a recipient still deferred this long after the first attempt "
                    "(s, m, h or d) [MAILER_RETRY_FOR, default 3d].")
 @click.option("--test-to", multiple=True, metavar="ADDRESS", callback=_addresses,

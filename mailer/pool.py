@@ -331,18 +331,14 @@ class SenderPool:
             code, text = exc.reply.code, redact(" ".join(exc.reply.text.split()))
             if exc.stage == "MAIL" and exc.permanent:
                 # The relay refuses the sender: true of every guest, so no guest's fault.
-                self.recorder.revert(message)
-                self._release(message)
-                self._fail_run(ConfigError(
+                self._not_the_guests(message, ConfigError(
                     f"{self.config.where} refused the sender <{message.envelope_from}>: "
                     f"{code} {text} (the run stopped; no recipient changed state)"))
                 return
             if exc.permanent and quota_used_up(code, text):
                 # The mailbox's own daily quota (Microsoft 365's SubmissionQuotaExceeded,
                 # Google's 5.4.5): no guest's fault, and nothing more goes today.
-                self.recorder.revert(message)
-                self._release(message)
-                self._fail_run(TemporaryError(
+                self._not_the_guests(message, TemporaryError(
                     f"the mailbox's daily sending quota is used up: {code} {text} (the run "
                     f"stopped; no recipient changed state; a later run goes on)"))
                 return
@@ -377,6 +373,13 @@ class SenderPool:
             accepted = 1 + (message.archive is not None and archive is None)
             self._final(message, Outcome.SENT, reply.code, " ".join(reply.text.split()),
                         accepted)
+
+    def _not_the_guests(self, message: Outgoing, error: MailerError) -> None:
+        """A refusal that speaks of the run, not of the guest: put the guest back as it
+        was and stop the run with ``error``."""
+        self.recorder.revert(message)
+        self._release(message)
+        self._fail_run(error)
 
     def _slow_down(self, code: int, text: str) -> None:
         """The relay asked the run to slow down: the whole run does (said once)."""

@@ -253,3 +253,23 @@ def test_the_estimate_at_the_current_limits() -> None:
     assert estimate(300, 0.5, 10_000, 9_000, 1, now, "Europe/Oslo") == \
         "300 remain: about 10 min at 30/min"  # within today's quota
     assert estimate(300, None, None, None, 1, now, "Europe/Oslo") is None  # no limits
+
+
+@pytest.mark.parametrize(("extra", "env", "code", "said"), [
+    (["--window", "Mon-Fri 16:00-08:00"], {}, 2, "Invalid value for '--window': "
+     "'Mon-Fri 16:00-08:00': the end must be after the start"),
+    (["--window", "Mandag 08:00-16:00"], {}, 2, "Invalid value for '--window'"),
+    (["--not-before", "1. september"], {}, 2, "Invalid value for --not-before: use "
+     "YYYY-MM-DD HH:MM"),
+    ([], {"MAILER_TIMEZONE": "Europe/Trondheim"}, 78, "invalid setting MAILER_TIMEZONE: "
+     "not a time zone"),
+    ([], {"MAILER_SEND_WINDOW": "weekdays"}, 78, "invalid setting MAILER_SEND_WINDOW"),
+    (["--daily-limit", "0"], {}, 2, "Invalid value for '--daily-limit'"),
+])
+def test_a_bad_schedule_is_one_line_and_its_exit_code(tmp_path: Path, tpl: Path,
+                                                       extra: list[str], env: dict[str, str],
+                                                       code: int, said: str) -> None:
+    result = run("send", str(people(tmp_path, 1)), "--template", "t", "--templates-dir",
+                 str(tpl), *extra, env={"MAILER_SENDER": "a@example.org", **env})
+    assert result.exit_code == code, result.output
+    assert said in result.output and "Traceback" not in result.output
