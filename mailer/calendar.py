@@ -59,6 +59,7 @@ class Event(BaseModel):
     sequence: int = Field(0, ge=0, le=2**31 - 1)  # a minimum: mailer keeps the sequence
     method: Literal["request", "publish"] = "request"
     status: Literal["confirmed", "cancelled"] = "confirmed"
+    rsvp_by: date | None = None  # answer by this day (in ``timezone``); later ones are late
 
     @field_validator("timezone")
     @classmethod
@@ -126,6 +127,16 @@ class Event(BaseModel):
     @property
     def ends(self) -> datetime:
         return self.end.replace(tzinfo=self.zone)
+
+    @property
+    def deadline(self) -> str | None:
+        """The end of ``rsvp_by`` (midnight after it, in the event's time zone) in UTC, as
+        the journal writes times: an answer at or after it is late."""
+        if self.rsvp_by is None:
+            return None
+        end = datetime.combine(self.rsvp_by + timedelta(days=1), datetime.min.time(),
+                               tzinfo=self.zone)
+        return end.astimezone(UTC).isoformat(timespec="seconds")
 
     @property
     def cancelled(self) -> bool:

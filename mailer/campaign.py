@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # imported when a campaign has a template, or --where: a chec
     from .calendar import Event
     from .plan import Knowledge, Planner
     from .render import Renderer
+    from .rsvp import Links
     from .templates import TemplateFolder
 
 
@@ -183,6 +184,9 @@ class Campaign:
         else:
             self.templates.extra["logo"] = None
         self.renderer = Renderer(self.templates, settings.unsubscribe_url)
+        if self.event is not None and self.event.method == "request" \
+                and not self.event.cancelled:
+            self.renderer.links = self._links
         if self.sender is not None:
             self.factory = MessageFactory(self.sender, settings.reply_to_mailbox,
                                           unsubscribe_mailto=settings.unsubscribe_mailto,
@@ -256,14 +260,24 @@ class Campaign:
         """``event``, ``update``, ``changes`` and ``cancelled`` for the templates."""
         if self.event is None:
             return {"event": None, "update": False, "changes": [], "cancelled": False,
-                    "removed": False}
+                    "removed": False, "rsvp": None}
         from .calendar import EventContext, changed_fields
 
         old = self.versions.get(held) if held is not None else None
         changes = changed_fields(old, self.event.shown()) if kind is Kind.UPDATE else []
         return {"event": EventContext(self.event, self.sequence),
                 "update": kind is Kind.UPDATE, "changes": changes,
-                "cancelled": kind is Kind.CANCELLATION, "removed": False}
+                "cancelled": kind is Kind.CANCELLATION, "removed": False, "rsvp": None}
+
+    def _links(self, recipient: Recipient, lang: str) -> Links:
+        """The answer links of one guest (``rsvp`` in the templates)."""
+        from .rsvp import Links
+
+        assert self.event is not None
+        organizer = self.event.organizer_mailbox
+        to = self.settings.rsvp_mailto or (organizer.address.normalized if organizer else "")
+        return Links(self.settings.rsvp_key(self.secret), self.uid, recipient.address.key,
+                     to, self.event.summary, lang)
 
     @property
     def event_run(self) -> EventRun | None:

@@ -318,17 +318,27 @@ def send(recipients: Path, template: str, templates_dir: Path | None,
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Write to this file (owner-only) instead of standard output; required "
                    "for --format xlsx.")
+@click.option("--list", "guest_list", type=click.Path(path_type=Path, dir_okay=False),
+              help="Join this guest list's own columns (organisation, role, ...) to every "
+                   "guest: the attendee list.")
+@click.option("--sheet", metavar="NAME",
+              help="The worksheet of an .xlsx --list [default: the first].")
+@click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Templates folder, to compare an event with its event.toml "
+                   "[MAILER_TEMPLATES_DIR].")
 @handle_errors
 def status(journal: Path | None, campaign_id: str | None, fmt: str,
-           output: Path | None) -> None:
-    """Who got the message, who is waiting, who bounced."""
+           output: Path | None, guest_list: Path | None, sheet: str | None,
+           templates_dir: Path | None) -> None:
+    """Who got the message, who answered, who is waiting, who bounced."""
     from . import commands
     from .settings import load_settings
 
     if fmt == "xlsx" and output is None:
         raise click.UsageError("--format xlsx needs --output FILE")
-    count = commands.status(campaign_id, fmt, output=output,
-                            settings=load_settings(journal=journal))
+    count = commands.status(campaign_id, fmt, output=output, guest_list=guest_list,
+                            sheet=sheet, settings=load_settings(journal=journal,
+                                                                templates_dir=templates_dir))
     if count is not None:
         click.echo(f"{count} guests written to {output}")
     elif output is not None:

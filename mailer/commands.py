@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from .errors import InputError
 from .settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from .calendar import Event
     from .campaign import Campaign, CheckReport
     from .inbox import Tally
     from .outbox import Outbox
@@ -113,21 +115,67 @@ def test_send(recipients: Path, template: str, to: Sequence[str],
 
 def status(campaign_id: str | None = None, fmt: str = "table", *,
            out: IO[str] | None = None, output: Path | None = None,
-           settings: Settings | None = None) -> int | None:
+           settings: Settings | None = None, guest_list: Path | None = None,
+           sheet: str | None = None) -> int | None:
     """Write the journal's status (``export.FORMATS``) to ``out`` (default stdout), or to
     the file ``output`` (owner-only: it holds personal data; every format); returns the
-    guests written to a workbook."""
+    guests written to a workbook. ``guest_list`` joins that list's own columns to every
+    guest (the attendee list); an event is compared with its ``event.toml`` as it is now."""
     from . import export
     from .files import open_private
     from .journal import Journal
 
     settings = settings or load_settings()
+    extras = export.Extras(language=settings.language)
+    if guest_list is not None:
+        extras.columns, extras.guests = _list_columns(guest_list, sheet)
     with Journal(settings.journal, create=False) as journal:
+        extras.events = {cid: _event_now(settings, journal.template_of(cid))
+                         for cid in journal.campaigns() if journal.event_of(cid) is not None}
         if output is None or fmt == "xlsx":
-            return export.status(journal, campaign_id, fmt, out or sys.stdout, output)
+            return export.status(journal, campaign_id, fmt, out or sys.stdout, output, extras)
         with open(open_private(output, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8",
                   newline="") as handle:
-            return export.status(journal, campaign_id, fmt, handle)
+            return export.status(journal, campaign_id, fmt, handle, extras=extras)
+
+
+def _list_columns(path: Path, sheet: str | None) -> tuple[list[str], dict[str, list[str]]]:
+    """The list's own columns (not its address or name: the journal has those) and their
+    values by guest. A row with a problem is passed over: ``validate`` names it."""
+    from .export import FIELDS
+    from .models import Recipient
+    from .recipients import RecipientList
+
+    listing = RecipientList(path, sheet)
+    guests: dict[str, list[str]] = {}
+    keep: list[int] | None = None
+    columns: list[str] = []
+    for item in listing.scan():
+        if not isinstance(item, Recipient):
+            continue
+        if keep is None:
+            skip = {listing.email_column, listing.name_column}
+            keep = [i for i, h in enumerate(listing.headers)
+                    if i not in skip and h.strip() and h.strip().lower() not in FIELDS]
+            columns = [listing.headers[i].strip() for i in keep]
+        row = item.row
+        guests[item.address.key] = [row[i] if i < len(row) else "" for i in keep]
+    return columns, guests
+
+
+def _event_now(settings: Settings, template: str | None) -> Event | None:
+    """A campaign's event as its file says it now (None when it cannot be read: the
+    status then says what the journal knows)."""
+    from .calendar import find_event
+
+    if template is None:
+        return None
+    folder = settings.templates_dir / template
+    try:
+        found = find_event(folder, settings.templates_dir) if folder.is_dir() else None
+    except InputError:
+        return None
+    return None if found is None else found[0]
 
 
 def read_inbox(*, maildir: Path | None = None, mbox: Path | None = None, dry_run: bool = False,
@@ -150,7 +198,8 @@ def read_inbox(*, maildir: Path | None = None, mbox: Path | None = None, dry_run
     with Journal(settings.journal, create=False) as journal:
         return reader.read(journal, source, items, unsubscribe_to=settings.unsubscribe_mailto,
                            dry_run=dry_run, say=say or (lambda text: None), quiet=quiet,
-                           authserv=settings.inbox_trusted_authserv)
+                           authserv=settings.inbox_trusted_authserv,
+                           rsvp_key=settings.rsvp_key(journal.secret))
 
 
 def purge(campaign_id: str, *, settings: Settings | None = None) -> int:

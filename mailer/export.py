@@ -1,16 +1,20 @@
-"""What ``mailer status`` writes: the counts per campaign and state as a table, and every
-guest as csv or json (for programs: values raw, times in UTC), or as an .xlsx workbook or a
-CSV that Excel opens as columns (``;``, UTF-8 with BOM) for people: times in the local time
-zone, and no cell that a spreadsheet would run as a formula (a guest named
-``=HYPERLINK(...)`` stays text)."""
+"""What ``mailer status`` writes: the counts per campaign and state as a table (and for an
+event: versions held against the event file as it is now, answers, the deadline,
+unsubscribes and soft bounces), and every guest as csv or json (for programs: values raw,
+times in UTC), or as an .xlsx workbook (headers in ``MAILER_LANGUAGE``) or a CSV that Excel
+opens as columns (``;``, UTF-8 with BOM) for people: times in the local time zone, and no
+cell that a spreadsheet would run as a formula (a guest named ``=HYPERLINK(...)`` stays
+text). ``--list`` joins the list's own columns (organisation, role, ...) to every row: the
+attendee list, with nothing more kept in the journal."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -19,10 +23,24 @@ from .models import State
 from .text import printable
 
 if TYPE_CHECKING:
+    from .calendar import Event
     from .journal import Journal
 
 FIELDS = ("campaign", "email", "name", "line", "state", "attempts", "code", "reply",
-          "message_id", "updated", "answer", "answered_at", "bounce")
+          "message_id", "updated", "answer", "answered_at", "comment", "late", "unsubscribed",
+          "bounce", "bounce_status")
+# The workbook's headers, in the language of MAILER_LANGUAGE (English for any other).
+HEADERS = {
+    "nb": ("Kampanje", "E-post", "Navn", "Linje", "Status", "Forsøk", "Kode",
+           "Svar fra tjeneren", "Message-ID", "Oppdatert", "Svar", "Svart", "Kommentar",
+           "For sent", "Avmeldt", "Avvist", "Avvisningskode"),
+    "nn": ("Kampanje", "E-post", "Namn", "Linje", "Status", "Forsøk", "Kode",
+           "Svar frå tenaren", "Message-ID", "Oppdatert", "Svar", "Svart", "Kommentar",
+           "For seint", "Avmeld", "Avvist", "Avvisingskode"),
+    "en": ("Campaign", "Email", "Name", "Line", "State", "Attempts", "Code", "Server reply",
+           "Message-ID", "Updated", "Answer", "Answered at", "Comment", "Late", "Unsubscribed",
+           "Bounce", "Bounce status"),
+}
 FORMATS = ("table", "csv", "json", "excel-csv", "xlsx")
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -69,9 +87,11 @@ def write_excel_csv(out: IO[str], fields: Sequence[str], rows: Iterable[Sequence
                          for v in cells])
 
 
-def write_workbook(path: Path, fields: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """One row per guest, a filter on the header row, columns sized to fit; every string
-    written as text, never as a formula. Returns the number of guests."""
+def write_workbook(path: Path, fields: Sequence[str], rows: Iterable[Sequence[Any]],
+                   titles: Sequence[str] | None = None) -> int:
+    """One row per guest, a filter on the header row (``titles``, default the field
+    names), columns sized to fit; every string written as text, never as a formula.
+    Returns the number of guests."""
     from openpyxl import Workbook
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
@@ -79,10 +99,11 @@ def write_workbook(path: Path, fields: Sequence[str], rows: Iterable[Sequence[An
     book = Workbook()
     sheet = book.active
     sheet.title = "Gjester"
-    sheet.append(list(fields))
+    titles = list(titles or fields)
+    sheet.append(titles)
     for cell in sheet[1]:
         cell.font = Font(bold=True)
-    widths = [len(f) for f in fields]
+    widths = [len(f) for f in titles]
     count = 0
     for row in rows:
         count += 1
@@ -105,8 +126,78 @@ def write_workbook(path: Path, fields: Sequence[str], rows: Iterable[Sequence[An
     return count
 
 
-def table(journal: Journal, campaign: str | None, out: IO[str]) -> None:
-    """Guests per campaign and state, and for an event its versions held and answers."""
+@dataclass
+class Extras:
+    """What ``status`` adds from outside the journal: the list's own columns by guest
+    (``--list``), the language of the workbook's headers, and each campaign's event as its
+    file says it now (None: no event, or none found)."""
+
+    columns: list[str] = field(default_factory=list)
+    guests: dict[str, list[str]] = field(default_factory=dict)  # key → the list's values
+    language: str = "nb"
+    events: Mapping[str, Event | None] = field(default_factory=dict)  # campaign → event
+
+
+def headers(language: str) -> tuple[str, ...]:
+    return HEADERS.get({"no": "nb"}.get(language, language), HEADERS["en"])
+
+
+def _versions(journal: Journal, cid: str, uid: str, event: Event | None) -> str:
+    """Which version the guests' calendars hold, against the event file as it is now."""
+    current, older = journal.holder_counts(uid)
+    cancelled = journal.cancelled_count(uid)
+    sent = journal.last_sent(uid)
+    head = f"{cid}: event {uid}: "
+    if event is None or sent is None or event.fingerprint() == sent[1]:
+        if event is not None and event.cancelled:
+            return (head + f"cancelled: {cancelled} guests were sent the cancellation"
+                    + (f", {current + older} still hold the event" if current + older else ""))
+        return head + f"{current} guests hold the current version, {older} need an update"
+    if event.cancelled:
+        return (head + f"cancelled in {event_file()}: the next send cancels it for "
+                f"{current + older} guests who hold it")
+    return (head + f"0 guests hold the current version, {current + older} need an update "
+            f"({event_file()} changed since the last send; the next send updates them)")
+
+
+def event_file() -> str:
+    from .calendar import EVENT_FILE
+
+    return EVENT_FILE
+
+
+def _deadline(cid: str, event: Event, answers: Mapping[str, int], late: int) -> str:
+    from .templates import _long_date
+
+    assert event.rsvp_by is not None and event.deadline is not None
+    waiting = answers.get("no answer", 0)
+    guests = sum(n for name, n in answers.items() if name != "bounced")
+    passed = datetime.now(UTC).isoformat(timespec="seconds") >= event.deadline
+    return (f"{cid}: answer by {_long_date(event.rsvp_by, 'en')} (rsvp_by"
+            + (", passed" if passed else "") + f"): {waiting} of {guests} guests have not "
+            f"answered" + (f", {late} answered late" if late else ""))
+
+
+def _people(journal: Journal, cid: str, out: IO[str]) -> None:
+    """Unsubscribes by mail and soft bounces among a campaign's guests, named."""
+    unsubscribed, soft = journal.guest_notes(cid)
+    if unsubscribed:
+        out.write(f"{cid}: {len(unsubscribed)} unsubscribed by mail (no newsletters or "
+                  f"reminders; updates and cancellations of an event they hold still reach "
+                  f"them): " + ", ".join(unsubscribed) + "\n")
+    if soft:
+        out.write(f"{cid}: {len(soft)} soft bounce{'s' if len(soft) != 1 else ''} (delivery "
+                  f"delayed or refused for now; not suppressed): " + ", ".join(
+                      f"{email} ({printable(status, 40)}, {at[:10]})" for email, status, at in soft)
+                  + "\n")
+
+
+def table(journal: Journal, campaign: str | None, out: IO[str],
+          events: Mapping[str, Event | None] | None = None) -> None:
+    """Guests per campaign and state, and for an event its versions held (against the
+    event file as it is now: ``events``), answers and deadline; unsubscribes and soft
+    bounces named."""
+    events = events or {}
     counts = journal.counts(campaign)
     width = max([len("campaign"), *(len(c) for c in counts)])
     out.write(f"{'campaign':<{width}}  " + "  ".join(f"{s:>10}" for s in State)
@@ -117,12 +208,16 @@ def table(journal: Journal, campaign: str | None, out: IO[str]) -> None:
     for cid in counts:
         uid = journal.event_of(cid)
         if uid is not None:
-            current, older = journal.holder_counts(uid)
-            out.write(f"{cid}: event {uid}: {current} guests hold the current version, "
-                      f"{older} need an update\n")
+            event = events.get(cid)
+            out.write(_versions(journal, cid, uid, event) + "\n")
             answers = journal.answer_counts(cid) or {}
+            comments, late = journal.answer_notes(cid)
             out.write(f"{cid}: answers: " + ", ".join(
-                f"{count} {name}" for name, count in answers.items()) + "\n")
+                f"{count} {name}" for name, count in answers.items())
+                + (f" ({comments} with a comment)" if comments else "") + "\n")
+            if event is not None and event.rsvp_by is not None:
+                out.write(_deadline(cid, event, answers, late) + "\n")
+        _people(journal, cid, out)
     for name, start in journal.notes("not-before:"):
         cid = name.removeprefix("not-before:")
         if campaign is None or cid == campaign:
@@ -134,31 +229,41 @@ def table(journal: Journal, campaign: str | None, out: IO[str]) -> None:
                   + ", ".join(f"{email} ({at[:10]})" for _, email, at in waiting) + "\n")
 
 
+def _text(value: Any) -> Any:
+    """A value in a CSV: a flag as true/false."""
+    return ("true" if value else "false") if isinstance(value, bool) else _safe(value)
+
+
 def status(journal: Journal, campaign: str | None, fmt: str, out: IO[str],
-           output: Path | None = None) -> int | None:
+           output: Path | None = None, extras: Extras | None = None) -> int | None:
     """Write the status of one campaign (None: all) in ``fmt`` to ``out``, or for xlsx to
     ``output``; the number of guests written to a workbook, else None."""
+    extras = extras or Extras()
     if campaign is not None:
         journal.require_campaign(campaign)
     if fmt == "table":
-        table(journal, campaign, out)
+        table(journal, campaign, out, extras.events)
         return None
-    rows = ([getattr(e, f) for f in FIELDS] for e in journal.entries(campaign))
+    fields = (*FIELDS, *extras.columns)
+    blank = [""] * len(extras.columns)
+    rows = ([*(getattr(e, f) for f in FIELDS),
+             *extras.guests.get(e.key, blank)] for e in journal.entries(campaign))
     if fmt == "excel-csv":
-        write_excel_csv(out, FIELDS, rows)
+        write_excel_csv(out, fields, ([_text(v) for v in row] for row in rows))
     elif fmt == "xlsx":
         if output is None:
             raise ValueError("--format xlsx needs --output FILE")
-        return write_workbook(output, FIELDS, rows)
+        return write_workbook(output, fields, rows,
+                              (*headers(extras.language), *extras.columns))
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(FIELDS)
-        writer.writerows([_safe(v) for v in row] for row in rows)
+        writer.writerow(fields)
+        writer.writerows([_text(v) for v in row] for row in rows)
     else:
         counts = journal.counts(campaign)
         document = {"campaigns": [{"id": cid, "counts": {s.value: n for s, n in c.items()}}
                                   for cid, c in counts.items()],
-                    "recipients": [dict(zip(FIELDS, map(_safe, row), strict=True))
+                    "recipients": [dict(zip(fields, map(_safe, row), strict=True))
                                    for row in rows]}
         out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     return None

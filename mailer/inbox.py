@@ -49,6 +49,7 @@ from .errors import InputError
 from .journal import Journal
 from .limits import TooSlow, within
 from .models import Item
+from .rsvp import ANSWERS, COMMENT_LIMIT, LinkAnswer, find, verifies
 from .text import printable
 
 PARTSTATS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "tentative"}
@@ -74,6 +75,7 @@ class Answer:
     at: str
     sequence: int = 0
     sent_by: str | None = None  # a delegate who answered for the guest (SENT-BY)
+    comment: str | None = None  # the REPLY's COMMENT ("respond with comments")
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,13 @@ class Bounce:
 
 @dataclass
 class Finding:
-    """What one message is: ``kind`` answer, bounce, auto-reply, unsubscribe, other or
-    unreadable (``why``)."""
+    """What one message is: ``kind`` answer, link (an answer link's message), bounce,
+    auto-reply, unsubscribe, other or unreadable (``why``)."""
 
     kind: str
     answers: list[Answer] = field(default_factory=list)
+    link: LinkAnswer | None = None
+    at: str = ""  # when a link answer was written (its Date, never later than now)
     bounces: list[Bounce] = field(default_factory=list)
     sender: str | None = None
     vouched: str | None = None  # pass / fail: the trusted server's word on the From
@@ -247,8 +251,60 @@ def _replies(msg: Message) -> tuple[list[Answer], str]:
             except ValueError:
                 sequence = 0
             found[(uid, address)] = Answer(uid, address, state, _stamp(event.get("dtstamp"), now),
-                                           sequence, _mailto(attendee.params.get("SENT-BY")))
+                                           sequence, _mailto(attendee.params.get("SENT-BY")),
+                                           _reply_comment(event.get("comment")))
     return list(found.values()), why
+
+
+def _reply_comment(value: object) -> str | None:
+    """A REPLY's COMMENT (Outlook's "respond with comments"), within the comment limit."""
+    values = value if isinstance(value, list) else [value] if value is not None else []
+    text = "\n".join(str(v) for v in values).strip()
+    if not text:
+        return None
+    text = printable(text, COMMENT_LIMIT - 1)
+    return text
+
+
+def _text(msg: Message) -> str | None:
+    """The text of a message as its writer typed it: the first text/plain part that is
+    no attachment, else the first text/html part as text."""
+    html = None
+    for part in msg.walk():
+        if part.is_multipart() or part.get_filename() or \
+                str(part.get("Content-Disposition", "")).lower().startswith("attachment"):
+            continue
+        kind = part.get_content_type()
+        if kind not in ("text/plain", "text/html"):
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            text = payload.decode(charset, "replace")
+        except LookupError:
+            text = payload.decode("utf-8", "replace")
+        if kind == "text/plain":
+            return text
+        html = html if html is not None else text
+    if html is None:
+        return None
+    from .render import html_to_text
+
+    return html_to_text(html)
+
+
+def _written(msg: Message, now: datetime) -> str:
+    """When a message was written: its Date, never later than now (a date in the future
+    would lock the answer)."""
+    try:
+        moment = email.utils.parsedate_to_datetime(str(msg.get("Date", "")))
+    except (TypeError, ValueError, IndexError):
+        moment = None
+    if moment is None or moment.tzinfo is None or moment > now:
+        moment = now
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _returned_ids(msg: Message, data: bytes) -> tuple[str, ...]:
@@ -363,6 +419,10 @@ def classify(data: bytes, unsubscribe_to: str | None = None,
     answers, why = _replies(msg)  # an answer, even when sent as auto-generated
     if answers or why:
         return Finding("answer", answers=answers, sender=sender, vouched=vouched, why=why)
+    text = _text(msg)
+    link = find(text) if text is not None else None
+    if link is not None:  # an answer link's message (its token is checked when recorded)
+        return Finding("link", link=link, sender=sender, at=_written(msg, datetime.now(UTC)))
     if _is_auto_reply(msg):
         return Finding("auto-reply", sender=sender)
     if unsubscribe_to is not None:
@@ -404,6 +464,8 @@ class Tally:
     unreadable: int = 0
     unplaced: Counter[str] = field(default_factory=Counter)  # reason → messages not recorded
     guests: set[tuple[str, str]] = field(default_factory=set)  # (event, guest) answering
+    late: int = 0  # answers after the event's deadline
+    rsvp_key: bytes = b""  # the key of the answer links' tokens
 
     def summary(self, source: str) -> str:
         n_answers = sum(self.answers.values())
@@ -420,6 +482,7 @@ class Tally:
                 f"({self.hard} hard, {self.soft} soft), "
                 f"{plural(self.auto_replies, 'auto-reply', 'auto-replies')}, "
                 f"{plural(self.unsubscribes, 'unsubscribe', 'unsubscribes')}, {self.other} other"
+                + (f", {self.late} late" if self.late else "")
                 + (f", {self.unreadable} unreadable" if self.unreadable else "")
                 + (f", {unplaced} not recorded: {why} (named above)" if unplaced else "")
                 + f" ({source})")
@@ -429,11 +492,12 @@ class Tally:
 
 def read(journal: Journal, source: str, items: Iterator[Item], *, unsubscribe_to: str | None,
          dry_run: bool, say: Callable[[str], None], quiet: bool = False,
-         authserv: str | None = None) -> Tally:
+         authserv: str | None = None, rsvp_key: bytes | None = None) -> Tally:
     """Classify every message not read before and record what it says, ``BATCH`` messages
     a transaction, each classified before the write lock is taken (``dry_run`` rolls each
-    batch back and only says what it would record)."""
-    tally = Tally()
+    batch back and only says what it would record). ``rsvp_key`` verifies answer links
+    (default: the journal's secret)."""
+    tally = Tally(rsvp_key=journal.secret if rsvp_key is None else rsvp_key)
     tell = (lambda _: None) if quiet else say
     batch: list[tuple[Item, Finding]] = []
     for item in items:
@@ -503,25 +567,23 @@ def _record(journal: Journal, item: Item, finding: Finding, tally: Tally, dry_ru
                 refuse("unverified", f"{what}: not sent by the guest")
                 continue
             done = journal.record_answer(answer.uid, answer.email, answer.answer, answer.at,
-                                         answer.sequence)
-            if done in ("recorded", "history"):
-                tally.guests.add((answer.uid, answer.email))
-            if done == "recorded":
-                tally.answers[answer.answer] += 1
-                if dry_run:
-                    tell(f"{would}{answer.email} {answer.answer} ({answer.uid})")
-            elif done == "history":
-                tally.answers[answer.answer] += 1
-                tell(f"{would}{answer.email} {answer.answer} to an earlier version of "
-                     f"{answer.uid}: kept as history")
-            else:
+                                         answer.sequence, answer.comment)
+            if done == "not invited":
                 refuse("not invited", f"{what} to {printable(answer.uid, 120)}, which this "
                                       f"journal did not send them")
+            else:
+                _answered(tally, done, answer, would, dry_run, tell)
+    elif finding.kind == "link" and finding.link is not None:
+        _link(journal, finding, finding.link, tally, would, dry_run, refuse, tell)
     elif finding.kind == "bounce":
         for bounce in finding.bounces:
             if not bounce.hard:
                 tally.soft += 1
-                tell(f"soft bounce: {bounce.email} ({bounce.status}); noted only")
+                kept = journal.record_bounce(bounce.email, bounce.message_ids, bounce.status,
+                                             hard=False)
+                tell(f"soft bounce: {bounce.email} ({bounce.status}); "
+                     + ("noted for status, not suppressed" if kept else
+                        "not noted: it returns no Message-ID this journal sent them"))
                 continue
             tally.hard += 1
             if journal.record_bounce(bounce.email, bounce.message_ids, bounce.status):
@@ -545,3 +607,55 @@ def _record(journal: Journal, item: Item, finding: Finding, tally: Tally, dry_ru
     else:
         tally.other += 1
 
+
+
+def _answered(tally: Tally, done: str, answer: Answer, would: str, dry_run: bool,
+              tell: Callable[[str], None]) -> None:
+    """Count an answer the journal took (``recorded``, ``late`` or ``history``)."""
+    tally.guests.add((answer.uid, answer.email))
+    tally.answers[answer.answer] += 1
+    comment = " with a comment" if answer.comment else ""
+    if done == "history":
+        tell(f"{would}{answer.email} {answer.answer}{comment} to an earlier version of "
+             f"{answer.uid}: kept as history")
+        return
+    if done == "late":
+        tally.late += 1
+        tell(f"{would}{answer.email} {answer.answer}{comment} ({answer.uid}): after the "
+             f"deadline (rsvp_by), marked late")
+    elif dry_run or comment:
+        tell(f"{would}{answer.email} {answer.answer}{comment} ({answer.uid})")
+
+
+def _link(journal: Journal, finding: Finding, link: LinkAnswer, tally: Tally, would: str,
+          dry_run: bool, refuse: Callable[[str, str], None], tell: Callable[[str], None]
+          ) -> None:
+    """An answer link's message: it counts for the guest its token names, whoever sent
+    it, when the token's MAC verifies for one of the journal's events."""
+    sender = finding.sender or "an unknown sender"
+    named = printable(link.guest, 120)
+    what = f"an answer link for {named} ({printable(link.answer, 20)}) from {sender}"
+    try:
+        key = check_address(link.guest).key
+    except AddressError:
+        key = ""
+    uid = next((u for u in journal.event_uids()
+                if key and verifies(tally.rsvp_key, u, key, link.answer, link.mac)), None)
+    if uid is None:
+        refuse("forged answer link", f"{what}: its token does not verify (edited, or made "
+                                     f"for another guest or answer)")
+        return
+    held = journal.held(uid, key)
+    if held is None:
+        refuse("unknown guest", f"{what}: {named} holds no invitation to "
+                                f"{printable(uid, 120)} in this journal")
+        return
+    answer = Answer(uid, key, ANSWERS[link.answer], finding.at, held, comment=link.comment)
+    done = journal.record_answer(uid, key, answer.answer, answer.at, held, link.comment)
+    if done == "not invited":  # held a moment ago: cannot happen inside the transaction
+        refuse("unknown guest", f"{what}: not a guest of {printable(uid, 120)}")
+        return
+    via = "" if finding.sender == key else f" (sent by {sender})"
+    if via and done != "late":
+        tell(f"{would}{key} {answer.answer} by answer link{via}")
+    _answered(tally, done, answer, would, dry_run, tell)

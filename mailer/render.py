@@ -39,6 +39,8 @@ class Renderer:
 
     def __init__(self, folder: TemplateFolder, unsubscribe_url: str | None = None) -> None:
         self.folder = folder
+        # ``rsvp`` of one guest in their language (answer links: see rsvp.py), or None
+        self.links: Callable[[Recipient, str], Any] | None = None
         self._unsubscribe: jinja2.Template | None = None
         if unsubscribe_url:
             try:
@@ -109,6 +111,8 @@ class Renderer:
         ctx = self.context(recipient, lang)
         if extra:
             ctx.update(extra)
+        if self.links is not None:
+            ctx["rsvp"] = self.links(recipient, lang)
         url = ctx["unsubscribe_url"] = self._unsubscribe_url(ctx, recipient)
         files = variant.files
         current = files["subject"]
@@ -212,7 +216,8 @@ def html_to_text(html: str) -> str:
         href = (anchor.get("href") or "").strip()
         if not href or href.startswith("#"):
             continue
-        target = href.removeprefix("mailto:")
+        # a mailto: with a subject or body (an answer link) stays a link a reader can click
+        target = href if "?" in href else href.removeprefix("mailto:")
         label = anchor.text_content().strip()
         if not label or label in (href, target):
             for child in list(anchor):

@@ -348,7 +348,8 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
             event = campaign.event
             journal.event_version(campaign.id, campaign.uid, event.shown(),
                                   event.fingerprint(), event.sequence)
-            if campaign.keeps_calendars:
+            if campaign.keeps_calendars:  # the inbox marks an answer after it as late
+                journal.set_deadline(campaign.uid, event.deadline)
                 _removed(campaign, journal, queue, options, reporter)
         skipped = tally.skipped
         result.suppressed = skipped[Skip.SUPPRESSED] + skipped[Skip.BOUNCED]

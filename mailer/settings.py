@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # the authserv-id of the organiser's own mail server: its Authentication-Results vouch
     # for a sender (an unsubscribe by mail counts only then)
     inbox_trusted_authserv: str | None = None
+    # answer links (rsvp.yes/no/maybe): where the answers go (default: the event's
+    # organizer) and the key of their tokens (default: the journal's own secret)
+    rsvp_mailto: str | None = None
+    rsvp_secret: SecretStr | None = None
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
 
     @field_validator("timezone")
@@ -101,13 +105,13 @@ class Settings(BaseSettings):
 
     @field_validator("smtp_username", "smtp_helo", "reply_to", "sender", "unsubscribe_url",
                      "rate_limit", "unsubscribe_mailto", "imap_host", "imap_username",
-                     "archive_bcc", "inbox_trusted_authserv",
+                     "archive_bcc", "inbox_trusted_authserv", "rsvp_mailto",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("unsubscribe_mailto", "archive_bcc")
+    @field_validator("unsubscribe_mailto", "archive_bcc", "rsvp_mailto")
     @classmethod
     def _mailto(cls, value: str | None) -> str | None:
         if value is not None:
@@ -117,7 +121,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"not an address: {exc}") from None
         return value
 
-    @field_validator("smtp_password", "imap_password", mode="before")
+    @field_validator("smtp_password", "imap_password", "rsvp_secret", mode="before")
     @classmethod
     def _blank_password_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -192,6 +196,12 @@ class Settings(BaseSettings):
             return self.daily_limit
         preset = self.preset
         return preset.daily if preset is not None else None
+
+    def rsvp_key(self, journal_secret: bytes) -> bytes:
+        """The key of the answer links' tokens: MAILER_RSVP_SECRET, else the journal's."""
+        if self.rsvp_secret is not None:
+            return self.rsvp_secret.get_secret_value().encode("utf-8")
+        return journal_secret
 
     # The connections' configurations ------------------------------------------------
 

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 import trustme
 
 from tests.daemons import gone, listening, wait_until
@@ -111,5 +112,15 @@ class Dovecot:
     def deliver(self, data: bytes) -> None:
         mailbox.Maildir(self.maildir, create=False).add(data)
         self._own()
+
+    def settings(self, env: dict[str, str], folder: Path, monkeypatch: pytest.MonkeyPatch
+                 ) -> dict[str, str]:
+        """``env`` with this server's IMAPS settings and login; its CA is trusted (through
+        SSL_CERT_FILE, a file written into ``folder``) for the rest of the test."""
+        ca_file = folder / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        return dict(env, MAILER_IMAP_HOST="127.0.0.1", MAILER_IMAP_PORT=str(self.imaps),
+                    MAILER_IMAP_USERNAME=USER, MAILER_IMAP_PASSWORD=PASSWORD)
 
 

@@ -104,6 +104,12 @@ def test_invite_update_rerun_new_guest_and_status(tmp_path: Path, shipped: Path,
     table = run("status", env=env).output
     assert f"invitasjon:gjester.csv: event {uid}: 4 guests hold the current version, " \
            f"0 need an update" in table
+    # status compares with event.toml as it is now, before any send
+    edit_event(shipped, "Clarion Hotel Trondheim", "Scandic Nidelven")
+    table = run("status", "--templates-dir", str(shipped), env=env).output
+    assert f"invitasjon:gjester.csv: event {uid}: 0 guests hold the current version, " \
+           f"4 need an update (event.toml changed since the last send; the next send " \
+           f"updates them)" in table
 
 
 def test_a_cancellation_reaches_every_holder_once_and_nobody_else(
@@ -117,7 +123,13 @@ def test_a_cancellation_reaches_every_holder_once_and_nobody_else(
     assert result.exit_code == 1  # emma was rejected: she never held the invitation
     del handler.reject["emma@example.org"]
     edit_event(shipped, 'status = "confirmed"', 'status = "cancelled"')
+    table = run("status", "--templates-dir", str(shipped), env=env).output
+    assert "cancelled in event.toml: the next send cancels it for 2 guests who hold it" \
+        in table
     send(shipped, listing, env)
+    table = run("status", "--templates-dir", str(shipped), env=env).output
+    assert "cancelled: 2 guests were sent the cancellation" in table
+    assert "hold the current version" not in table
     cancel = received(handler, 2)
     assert set(cancel) == {"kari@example.org", "ase@example.org"}
     for msg in cancel.values():

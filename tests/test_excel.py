@@ -101,8 +101,8 @@ def test_status_as_a_workbook(tmp_path: Path, journal_with_evil_name: dict[str, 
     book = openpyxl.load_workbook(out)
     ws = book.active
     header = [c.value for c in ws[1]]
-    assert header[:5] == ["campaign", "email", "name", "line", "state"]
-    assert ws.auto_filter.ref == "A1:M3"
+    assert header[:5] == ["Kampanje", "E-post", "Navn", "Linje", "Status"]  # MAILER_LANGUAGE
+    assert ws.auto_filter.ref == "A1:Q3"
     evil = next(row for row in ws.iter_rows(min_row=2) if row[1].value == "evil@example.org")
     assert evil[2].value == EVIL and evil[2].data_type == "s"  # text, never a formula
     assert isinstance(evil[9].value, datetime)  # updated, in local time

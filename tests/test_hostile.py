@@ -83,11 +83,7 @@ def test_a_hostile_mailbox_over_imap(tmp_path: Path, sent: Sent, ca: Any,  # noq
                      big_message(),
                      dsn("ola@example.org", "failed", "5.1.1", env["OLA_ID"]).as_bytes()):
             imap.deliver(data)
-        ca_file = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-        imap_env = dict(env, MAILER_IMAP_HOST="127.0.0.1", MAILER_IMAP_PORT=str(imap.imaps),
-                        MAILER_IMAP_USERNAME=dovecot.USER, MAILER_IMAP_PASSWORD=dovecot.PASSWORD)
+        imap_env = imap.settings(env, tmp_path, monkeypatch)
         result = run("inbox", env=imap_env)
         assert result.exit_code == 0, result.output
         assert "Traceback" not in result.output

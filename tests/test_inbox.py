@@ -206,8 +206,9 @@ def sent(tmp_path: Path, smtp: Server) -> tuple[Path, Path, dict[str, str]]:
     ola_id = next(m.message["Message-ID"] for m in handler.messages
                   if m.rcpt_tos == ["ola@example.org"])
     env["OLA_ID"] = ola_id
-    env["MARI_ID"] = next(m.message["Message-ID"] for m in handler.messages
-                          if m.rcpt_tos == ["mari@example.org"])
+    for guest in ("mari", "emma"):
+        env[f"{guest.upper()}_ID"] = next(m.message["Message-ID"] for m in handler.messages
+                                          if m.rcpt_tos == [f"{guest}@example.org"])
     return templates, listing, env
 
 
@@ -228,7 +229,7 @@ def mailbox_of(env: dict[str, str]) -> list[EmailMessage]:
         dsn("ola@example.org", "failed", "5.1.1", env["OLA_ID"]),
         exchange_dsn("mari@example.org", env["MARI_ID"]),
         qmail_bounce("nobody@example.net"),  # a hard bounce for someone never sent to
-        dsn("emma@example.org", "delayed", "4.2.2", None),  # soft: noted only
+        dsn("emma@example.org", "delayed", "4.2.2", env["EMMA_ID"]),  # soft: noted only
         out_of_office("per@example.org"),
         unsubscribe,
         unrelated,
@@ -256,20 +257,29 @@ def test_answers_bounces_and_unsubscribes_land_on_the_right_guests(
            "stranger@example.com" in result.output
     assert "not recorded (unverified bounce): a bounce for nobody@example.net (5.0.0) " \
            "returns no Message-ID this journal sent them" in result.output
-    assert "soft bounce: emma@example.org (4.2.2); noted only" in result.output
+    assert "soft bounce: emma@example.org (4.2.2); noted for status, not suppressed" \
+        in result.output
     rows = {r["email"]: r for r in status_json(env)["recipients"]}
     assert rows["kari@example.org"]["answer"] == "declined"  # the later answer wins
     assert rows["ase@example.org"]["answer"] == "declined"
     assert rows["mari@example.org"]["answer"] == "tentative"
     assert rows["mari@example.org"]["state"] == "bounced"  # Exchange's DSN, by Message-ID
-    assert rows["mari@example.org"]["bounce"] == "5.1.10"
+    assert rows["mari@example.org"]["bounce"] == "hard"
+    assert rows["mari@example.org"]["bounce_status"] == "5.1.10"
     assert rows["per@example.org"]["answer"] == "accepted"
     assert rows["ola@example.org"]["state"] == "bounced"
-    assert rows["ola@example.org"]["bounce"] == "5.1.1"
+    assert rows["ola@example.org"]["bounce_status"] == "5.1.1"
     emma = rows["emma@example.org"]
     assert emma["answer"] is None and emma["state"] == "sent"  # a soft bounce: noted only
+    assert emma["bounce"] == "soft" and emma["bounce_status"] == "4.2.2"
+    assert emma["unsubscribed"] is True
     table = run("status", env=env).output
     assert "answers: 1 accepted, 2 declined, 0 tentative, 1 no answer, 2 bounced" in table
+    assert "invitasjon:gjester.csv: 1 unsubscribed by mail (no newsletters or reminders; " \
+           "updates and cancellations of an event they hold still reach them): " \
+           "emma@example.org" in table
+    assert "invitasjon:gjester.csv: 1 soft bounce (delivery delayed or refused for now; not " \
+           "suppressed): emma@example.org (4.2.2, " in table
 
     again = run("inbox", "--maildir", str(folder), "--quiet", env=env)
     assert again.output == ""  # each message is read once; quiet: nothing to say
@@ -378,10 +388,8 @@ def test_a_real_imap_server_read_only_once_and_its_failures(
     with dovecot.Dovecot(ca) as imap:
         for msg in mailbox_of(env):
             imap.deliver(msg.as_bytes())
-        ca_file = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-        context = ssl.create_default_context(cafile=str(ca_file))
+        imap_env = imap.settings(env, tmp_path, monkeypatch)
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
 
         def flags() -> dict[bytes, bytes]:
             conn = imaplib.IMAP4_SSL("127.0.0.1", imap.imaps, ssl_context=context)
@@ -392,8 +400,6 @@ def test_a_real_imap_server_read_only_once_and_its_failures(
             return {line.split()[2]: line for line in data if isinstance(line, bytes)}
 
         before = flags()
-        imap_env = dict(env, MAILER_IMAP_HOST="127.0.0.1", MAILER_IMAP_PORT=str(imap.imaps),
-                        MAILER_IMAP_USERNAME=dovecot.USER, MAILER_IMAP_PASSWORD=dovecot.PASSWORD)
         result = run("inbox", env=imap_env)
         assert result.exit_code == 0, result.output
         assert "inbox: 13 read: 5 answers from 4 guests (2 accepted, 2 declined, " \

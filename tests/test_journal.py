@@ -423,7 +423,7 @@ def test_status_and_purge_of_what_is_not_there(tmp_path: Path, tpl: Path, smtp: 
     assert status_json(env)["campaigns"][0]["counts"]["sent"] == 2  # nothing was purged
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_a_journal_of_every_earlier_release_upgrades_with_its_rows(
         tmp_path: Path, tpl: Path, smtp: Server, version: int) -> None:
     """tests/journals/vN.sql is a journal as release N wrote it (its schema taken from that

@@ -37,7 +37,12 @@ class Entry:
     updated: str
     answer: str | None = None  # accepted, declined, tentative (for an event)
     answered_at: str | None = None
-    bounce: str | None = None  # the status of a hard bounce
+    comment: str | None = None  # the guest's comment with the answer
+    late: bool | None = None  # the answer came after the event's rsvp_by (None: no answer)
+    unsubscribed: bool = False  # by mail (the inbox): service messages still reach them
+    bounce: str | None = None  # hard (the address is suppressed) or soft (noted only)
+    bounce_status: str | None = None  # its status code, e.g. 5.1.1
+    key: str = ""  # the address's key (to join a list's columns)
 
 
 # A guest as the sync takes it: (key, email, name, line, mark: models.Mark).
@@ -156,16 +161,25 @@ class Deliveries(Store):
 
     def entries(self, campaign: str | None = None) -> Iterator[Entry]:
         query = ("SELECT d.campaign, d.email, d.name, d.line, d.state, d.attempts, d.code, "
-                 "d.reply, d.message_id, d.updated, a.answer, a.answered_at, "
-                 "CASE WHEN d.state = 'bounced' THEN substr(d.reply, 10) END "
+                 "d.reply, d.message_id, d.updated, a.answer, a.answered_at, a.comment, "
+                 "CASE WHEN a.answer IS NOT NULL THEN a.late = 1 END, "
+                 "EXISTS (SELECT 1 FROM suppressions s WHERE s.key = d.key AND s.reason = "
+                 "'unsubscribe'), "
+                 "CASE WHEN d.state = 'bounced' THEN 'hard' WHEN b.key IS NOT NULL THEN 'soft' "
+                 "END, CASE WHEN d.state = 'bounced' THEN substr(d.reply, 10) ELSE b.status END, "
+                 "d.key "
                  "FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign "
-                 "LEFT JOIN answers a ON a.uid = c.event AND a.key = d.key")
+                 "LEFT JOIN answers a ON a.uid = c.event AND a.key = d.key "
+                 "LEFT JOIN soft_bounces b ON b.key = d.key")
         params: tuple[str, ...] = ()
         if campaign is not None:
             query += " WHERE d.campaign = ?"
             params = (campaign,)
         for row in self.db.execute(query + " ORDER BY d.campaign, d.line, d.key", params):
-            yield Entry(*row)
+            values = list(row)
+            values[13] = None if row[13] is None else bool(row[13])  # late
+            values[14] = bool(row[14])  # unsubscribed
+            yield Entry(*values)
 
 
 def expiry_cutoff(older_than: float) -> str:

@@ -13,7 +13,7 @@ class Erasure(Store):
         deleted = 0
         with self.transaction() as db:
             for table in ("deliveries", "holders", "answers", "answer_history",
-                          "suppressions"):
+                          "suppressions", "soft_bounces"):
                 deleted += db.execute(f"DELETE FROM {table} WHERE key = ?",  # noqa: S608
                                       (key,)).rowcount
             db.execute("DELETE FROM unverified WHERE email = ?", (key,))

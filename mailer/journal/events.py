@@ -86,6 +86,51 @@ class Events(Store):
             "ON e.uid = h.uid WHERE h.uid = ? AND h.cancelled = 0", (uid,)).fetchone()
         return int(row[0] or 0), int(row[1] or 0)
 
+    def set_deadline(self, uid: str, deadline: str | None) -> None:
+        """The moment the event's ``rsvp_by`` ends (UTC): later answers are late."""
+        with self.transaction() as db:
+            db.execute("UPDATE events SET deadline = ? WHERE uid = ?", (deadline, uid))
+
+    def event_uids(self) -> list[str]:
+        return [str(row[0]) for row in self.db.execute("SELECT uid FROM events ORDER BY uid")]
+
+    def last_sent(self, uid: str) -> tuple[int, str] | None:
+        """(SEQUENCE, fingerprint) of the version of the event last sent, or None."""
+        row = self.db.execute("SELECT sequence, fingerprint FROM events WHERE uid = ?",
+                              (uid,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def cancelled_count(self, uid: str) -> int:
+        """Guests whose calendar was sent the event's cancellation."""
+        return int(self.db.execute("SELECT count(*) FROM holders WHERE uid = ? AND "
+                                   "cancelled = 1", (uid,)).fetchone()[0])
+
+    def answer_notes(self, campaign: str) -> tuple[int, int]:
+        """(answers with a comment, answers after the deadline) of a campaign's guests."""
+        row = self.db.execute(
+            "SELECT count(a.comment), count(*) FILTER (WHERE a.late = 1) FROM deliveries d "
+            "JOIN campaigns c ON c.id = d.campaign JOIN answers a ON a.uid = c.event AND "
+            "a.key = d.key WHERE d.campaign = ? AND d.line IS NOT NULL", (campaign,)).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def guest_notes(self, campaign: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """The campaign's guests (on its list) who unsubscribed by mail, and (email,
+        status, when) of those whose last bounce was soft (and who did not bounce hard)."""
+        unsubscribed = [str(r[0]) for r in self.db.execute(
+            "SELECT d.email FROM deliveries d JOIN suppressions s ON s.key = d.key WHERE "
+            "d.campaign = ? AND d.line IS NOT NULL AND s.reason = 'unsubscribe' ORDER BY "
+            "d.email", (campaign,))]
+        soft = [(str(e), str(s), str(a)) for e, s, a in self.db.execute(
+            "SELECT d.email, b.status, b.at FROM deliveries d JOIN soft_bounces b ON "
+            "b.key = d.key WHERE d.campaign = ? AND d.line IS NOT NULL AND d.state != "
+            "'bounced' ORDER BY d.email", (campaign,))]
+        return unsubscribed, soft
+
+    def template_of(self, campaign: str) -> str | None:
+        row = self.db.execute("SELECT template FROM campaigns WHERE id = ?",
+                              (campaign,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def event_of(self, campaign: str) -> str | None:
         row = self.db.execute("SELECT event FROM campaigns WHERE id = ?", (campaign,)).fetchone()
         return None if row is None or row[0] is None else str(row[0])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..models import State
 
-VERSION = 8
+VERSION = 9
 
 STATE_CHECK = "CHECK (state IN ({}))".format(", ".join(f"'{s.value}'" for s in State))
 
@@ -179,8 +179,21 @@ def _to_8(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX sends_at ON sends (at)")
 
 
+def _to_9(db: sqlite3.Connection) -> None:
+    """Answers from every guest: an answer's comment (an answer link's text, a REPLY's
+    COMMENT) and whether it came after the event's deadline (``rsvp_by``, kept per event
+    as the moment it ends, for the inbox, which reads no event file); soft bounces, for
+    ``status`` to show."""
+    for table in ("answers", "answer_history"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN comment TEXT")
+    db.execute("ALTER TABLE answers ADD COLUMN late INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE events ADD COLUMN deadline TEXT")
+    db.execute("CREATE TABLE soft_bounces (key TEXT PRIMARY KEY, email TEXT NOT NULL, "
+               "status TEXT NOT NULL, at TEXT NOT NULL) WITHOUT ROWID")
+
+
 UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8}
+    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8, 9: _to_9}
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
