@@ -410,6 +410,41 @@ def forget(address: str, journal: Path | None) -> None:
     click.echo(f"forgot {address}: {deleted} rows deleted from {settings.journal}")
 
 
+@cli.command()
+@click.option("--check", is_flag=True,
+              help="Get a token without asking and log in to SMTP (and IMAP), sending "
+                   "nothing; print who is signed in.")
+@handle_errors
+def login(check: bool) -> None:
+    """Sign in to Microsoft 365 or Google Workspace (MAILER_OAUTH_PROVIDER), once: later
+    runs (cron) get their tokens from the kept sign-in."""
+    from . import commands
+    from .settings import load_settings
+
+    settings = load_settings()
+    if check:
+        for line in commands.login_check(settings=settings):
+            click.echo(line)
+        return
+    account = commands.login(say=lambda text: click.echo(text), settings=settings)
+    click.echo(f"signed in{' as ' + account if account else ''}; the sign-in is kept in "
+               f"{settings.oauth_cache} (mailer logout deletes it)")
+
+
+@cli.command()
+@handle_errors
+def logout() -> None:
+    """Delete the kept sign-in (MAILER_OAUTH_CACHE)."""
+    from . import commands
+    from .settings import load_settings
+
+    settings = load_settings()
+    if commands.logout(settings=settings):
+        click.echo(f"signed out: {settings.oauth_cache} deleted")
+    else:
+        click.echo(f"not signed in: no {settings.oauth_cache}")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # ends in handle_errors: "interrupted", exit 75
 

@@ -223,3 +223,53 @@ def forget(key: str, *, settings: Settings | None = None) -> int:
         for name in journal.campaigns():  # never under a running send's feet
             locks.enter_context(CampaignLock(settings.journal, name))
         return journal.forget(key)
+
+
+def login(*, say: Callable[[str], None], settings: Settings | None = None) -> str:
+    """Sign in interactively with MAILER_OAUTH_PROVIDER (Microsoft: the device code;
+    Google: the browser, with a redirect to 127.0.0.1) and keep the sign-in in
+    MAILER_OAUTH_CACHE; returns the account."""
+    from .oauth import signed_in
+
+    settings = settings or load_settings()
+    return signed_in(settings).sign_in(say)
+
+
+def login_check(*, settings: Settings | None = None) -> list[str]:
+    """Get a token without asking anyone and log in to SMTP (and IMAP when it is set),
+    sending nothing: a line for each."""
+    import asyncio
+
+    from .connections import imap
+    from .connections.smtp import connect
+
+    settings = settings or load_settings()
+    tokens = settings.tokens
+    if tokens is None:
+        from .errors import ConfigError
+
+        raise ConfigError("no OAuth sign-in is set: MAILER_OAUTH_PROVIDER (then mailer "
+                          "login) or MAILER_OAUTH_TOKEN_COMMAND")
+    domain = settings.sender_mailbox.domain if settings.sender else "localhost"
+    smtp = settings.smtp(domain)
+    lines = [f"signed in as {smtp.login.username} ({tokens.setting})"]
+
+    async def once() -> None:
+        conn = await connect(smtp)
+        await conn.close()
+
+    asyncio.run(once())
+    lines.append(f"SMTP {smtp.where}: login accepted (nothing sent)")
+    if settings.imap_host is not None:
+        config = settings.imap()
+        count = imap.check(config)
+        lines.append(f"IMAP {config.where}: login accepted, {config.folder} holds {count} "
+                     f"message{'s' if count != 1 else ''}")
+    return lines
+
+
+def logout(*, settings: Settings | None = None) -> bool:
+    """Delete the sign-in cache (MAILER_OAUTH_CACHE); whether there was one."""
+    from .oauth import logout as forget_sign_in
+
+    return forget_sign_in(settings or load_settings())

@@ -46,6 +46,11 @@ class TemporaryError(MailerError):
     exit_code = EXIT_TEMPFAIL
 
 
+class SignInLost(TemporaryError):
+    """An OAuth token was accepted earlier in the run and a fresh one is refused now: the
+    run stops (75), a later run (or mailer login) goes on."""
+
+
 class UsageProblem(MailerError):
     """An option's value cannot be used (a bad --where expression): a usage error."""
 

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .connections.config import SmtpConfig
+from .connections.sasl import hint, send_as_denied
 from .connections.smtp import Connection, Lost, Refused, connect
-from .errors import ConfigError, MailerError, TemporaryError
+from .errors import ConfigError, MailerError, SignInLost, TemporaryError
 from .models import Outcome, Outgoing, Stats
 from .pacing import asks_to_slow_down, quota_used_up
 from .ratelimit import RateLimiter
@@ -228,6 +229,10 @@ class SenderPool:
                 if conn is None:
                     try:
                         conn = await connect(self.config)
+                    except SignInLost as exc:  # OAuth refused mid-run: stop, 75
+                        self._release(message)
+                        self._fail_run(exc)
+                        return
                     except TemporaryError as exc:
                         failures += 1
                         self._temporary(message, None, str(exc))
@@ -334,6 +339,14 @@ class SenderPool:
                 self._not_the_guests(message, ConfigError(
                     f"{self.config.where} refused the sender <{message.envelope_from}>: "
                     f"{code} {text} (the run stopped; no recipient changed state)"))
+                return
+            if exc.permanent and send_as_denied(code, text):
+                # Microsoft 365 refuses the sender only at the end of the message
+                # (554 5.2.252 SendAsDenied): the settings' problem, as at MAIL FROM.
+                self._not_the_guests(message, ConfigError(
+                    f"{self.config.where} refused the sender <{message.envelope_from}>: "
+                    f"{code} {text}: {hint(text)} (the run stopped; no recipient changed "
+                    f"state)"))
                 return
             if exc.permanent and quota_used_up(code, text):
                 # The mailbox's own daily quota (Microsoft 365's SubmissionQuotaExceeded,

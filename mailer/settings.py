@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .address import AddressError, Mailbox, check_address, mailbox_setting, parse_mailbox
@@ -15,6 +15,7 @@ from .ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from .connections.config import ImapConfig, SmtpConfig
+    from .connections.credentials import Login, TokenSource
     from .pacing import Preset, Window
 
 
@@ -70,6 +71,16 @@ class Settings(BaseSettings):
     # organizer) and the key of their tokens (default: the journal's own secret)
     rsvp_mailto: str | None = None
     rsvp_secret: SecretStr | None = None
+    # OAuth 2.0 for SMTP and IMAP: a command that prints an access token, or the built-in
+    # sign-in (mailer login) with the organisation's own app registration
+    oauth_token_command: str | None = None
+    oauth_provider: Literal["microsoft", "google"] | None = None
+    oauth_client_id: str | None = None
+    oauth_tenant: str = Field("organizations", pattern=r"^[A-Za-z0-9.-]{1,100}$")
+    oauth_client_secret: SecretStr | None = None
+    oauth_cache: Path = Path(".mailer/oauth.json")
+    oauth_authority: str | None = None  # the provider's base address (national clouds)
+    _tokens: TokenSource | None = PrivateAttr(None)
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
 
     @field_validator("timezone")
@@ -93,7 +104,7 @@ class Settings(BaseSettings):
             return value
         return None
 
-    @field_validator("smtp_provider", mode="before")
+    @field_validator("smtp_provider", "oauth_provider", mode="before")
     @classmethod
     def _provider(cls, value: Any) -> Any:
         return (value.strip().lower() or None) if isinstance(value, str) else value
@@ -106,7 +117,8 @@ class Settings(BaseSettings):
     @field_validator("smtp_username", "smtp_helo", "reply_to", "sender", "unsubscribe_url",
                      "rate_limit", "unsubscribe_mailto", "imap_host", "imap_username",
                      "archive_bcc", "inbox_trusted_authserv", "rsvp_mailto",
-                     mode="before")
+                     "oauth_token_command", "oauth_client_id", "oauth_authority",
+                     "daily_limit", "send_window", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -121,7 +133,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"not an address: {exc}") from None
         return value
 
-    @field_validator("smtp_password", "imap_password", "rsvp_secret", mode="before")
+    @field_validator("oauth_authority")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an https:// address")
+        return value
+
+    @field_validator("smtp_password", "imap_password", "rsvp_secret", "oauth_client_secret",
+                     mode="before")
     @classmethod
     def _blank_password_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -205,14 +225,43 @@ class Settings(BaseSettings):
 
     # The connections' configurations ------------------------------------------------
 
+    @property
+    def tokens(self) -> TokenSource | None:
+        """The OAuth token source (one for SMTP and IMAP), or None."""
+        if self._tokens is None and (self.oauth_token_command or self.oauth_provider):
+            from .oauth import source
+
+            self._tokens = source(self)
+        return self._tokens
+
+    def login(self, kind: str, username: str | None, password: SecretStr | None) -> Login:
+        """A login to SMTP or IMAP (``kind``): a password, or OAuth (never both)."""
+        from .connections.credentials import Login
+
+        tokens = self.tokens
+        if tokens is None:
+            return Login(username, password)
+        if password is not None:
+            raise ConfigError(f"MAILER_{kind}_PASSWORD and {tokens.setting} are both set: "
+                              f"remove the password to sign in with OAuth, or the OAuth "
+                              f"setting to log in with the password")
+        username = username or tokens.account()
+        if not username and tokens.setting == "MAILER_OAUTH_PROVIDER":
+            raise ConfigError(f"nobody is signed in ({self.oauth_cache}) and "
+                              f"MAILER_{kind}_USERNAME is not set: sign in first: mailer login")
+        if not username:
+            raise ConfigError(f"MAILER_{kind}_USERNAME is not set: the mailbox to sign in "
+                              f"as with OAuth")
+        return Login(username, None, tokens)
+
     def smtp(self, sender_domain: str) -> SmtpConfig:
         """How to reach the relay; ConfigError for a login over plain text to another
         host."""
         from .connections.config import SmtpConfig
-        from .connections.credentials import Login, refuse_clear_text
+        from .connections.credentials import refuse_clear_text
         from .connections.smtp import helo_name
 
-        login = Login(self.smtp_username, self.smtp_password)
+        login = self.login("SMTP", self.smtp_username, self.smtp_password)
         refuse_clear_text("MAILER_SMTP_SECURITY", self.smtp_host, self.smtp_security, login)
         return SmtpConfig(self.smtp_host, self.smtp_port, self.smtp_security, login,
                           self.smtp_timeout, helo_name(self.smtp_helo, sender_domain),
@@ -221,14 +270,13 @@ class Settings(BaseSettings):
     def imap(self) -> ImapConfig:
         """How to reach the organiser's mailbox; ConfigError when it is not set."""
         from .connections.config import ImapConfig
-        from .connections.credentials import Login
 
         if self.imap_host is None:
             raise ConfigError("MAILER_IMAP_HOST is not set: give the organiser's IMAP server, "
                               "or read a local copy with --maildir or --mbox")
         return ImapConfig(self.imap_host, self.imap_port, self.imap_security,
-                          Login(self.imap_username, self.imap_password), self.imap_folder,
-                          self.imap_timeout)
+                          self.login("IMAP", self.imap_username, self.imap_password),
+                          self.imap_folder, self.imap_timeout)
 
 
 _DURATION = re.compile(r"\s*(\d{1,12}(?:\.\d{1,6})?)\s*([smhd])\s*\Z", re.I)

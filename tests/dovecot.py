@@ -33,8 +33,8 @@ ssl_cert = <{root}/cert.pem
 ssl_key = <{root}/key.pem
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
-passdb {{
+auth_mechanisms = plain login{oauth_mechanisms}
+{oauth_passdb}passdb {{
   driver = passwd-file
   args = scheme=SHA512-CRYPT {root}/users
 }}
@@ -61,6 +61,24 @@ service anvil {{
 """
 
 
+# With ``introspection``: OAuth 2.0 tokens (XOAUTH2, OAUTHBEARER) checked at the
+# identity provider's introspection endpoint (RFC 7662), over TLS it must trust.
+OAUTH_PASSDB = """passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/oauth2.conf.ext
+}}
+"""
+OAUTH_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+tls_ca_cert_file = {root}/ca.pem
+"""
+
+
 def available() -> bool:
     return os.path.exists(DOVECOT) and os.geteuid() == 0
 
@@ -69,7 +87,8 @@ class Dovecot:
     """``with Dovecot(ca) as imap:`` IMAPS on ``imap.imaps``, STARTTLS on ``imap.imap``;
     ``imap.deliver(bytes)`` puts a message into the user's INBOX."""
 
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, introspection: str | None = None) -> None:
+        self.introspection = introspection
         self.root = Path(tempfile.mkdtemp(prefix="mailer-dovecot-"))
         os.chmod(self.root, 0o755)  # the mail processes run as nobody
         self.imap, self.imaps = free_port(), free_port()
@@ -82,8 +101,15 @@ class Dovecot:
         hashed = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD],
                                 capture_output=True, text=True, check=True).stdout.strip()
         (self.root / "users").write_text(f"{USER}:{hashed}::::::\n")
+        oauth = {"oauth_mechanisms": "", "oauth_passdb": ""}
+        if self.introspection is not None:
+            self.ca.cert_pem.write_to_path(str(self.root / "ca.pem"))
+            (self.root / "oauth2.conf.ext").write_text(
+                OAUTH_CONF.format(url=self.introspection, root=self.root))
+            oauth = {"oauth_mechanisms": " xoauth2 oauthbearer",
+                     "oauth_passdb": OAUTH_PASSDB.format(root=self.root)}
         (self.root / "dovecot.conf").write_text(
-            CONF.format(root=self.root, imap=self.imap, imaps=self.imaps))
+            CONF.format(root=self.root, imap=self.imap, imaps=self.imaps, **oauth))
         self.maildir = self.root / "mail" / USER / "Maildir"
         self.maildir.parent.mkdir(parents=True)
         mailbox.Maildir(self.maildir, create=True)

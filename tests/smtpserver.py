@@ -187,8 +187,51 @@ def authenticator(user: str, password: str):  # type: ignore[no-untyped-def]
     return check
 
 
-def start_server(**kwargs: Any) -> tuple[RecordingController, Recorder]:
-    handler = Recorder()
+@dataclass
+class OAuthRecorder(Recorder):
+    """A Recorder that takes XOAUTH2 and OAUTHBEARER logins with the tokens in
+    ``tokens`` (token → user), as Gmail and Microsoft 365 do: a refused token gets the
+    error challenge (base64 JSON), then 535 once the client has answered it."""
+
+    tokens: dict[str, str] = field(default_factory=dict)
+    logins: list[tuple[str, str, str]] = field(default_factory=list)  # (mechanism, user, token)
+    answers: list[bytes] = field(default_factory=list)  # the client's answers to a challenge
+    revoke_after: int | None = None  # every token stops working once this many were accepted
+
+    async def _oauth(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        import base64
+        import json
+
+        blob = args[1] if len(args) > 1 else ""
+        text = base64.b64decode(blob).decode() if blob else ""
+        fields = dict(p.split("=", 1) for p in text.split("\x01") if "=" in p)
+        user = fields.get("user") or fields.get("n,a", "").rstrip(",")
+        if mechanism == "OAUTHBEARER":
+            user = text.split(",", 2)[1].removeprefix("a=") if text.count(",") >= 2 else ""
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        self.logins.append((mechanism, user, token))
+        if self.revoke_after is not None and len(self.messages) >= self.revoke_after:
+            self.tokens.clear()
+        if self.tokens.get(token) == user:
+            return AuthResult(success=True, auth_data=user)
+        status = {"status": "invalid_token", "scope": "https://mail.google.com/",
+                  "schemes": "Bearer"} if mechanism == "XOAUTH2" else \
+            {"status": "invalid_token", "scope": "", "openid-configuration": ""}
+        answer = await server.challenge_auth(json.dumps(status))
+        self.answers.append(answer if isinstance(answer, bytes) else b"*")
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Username and Password not accepted")
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._oauth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._oauth(server, args, "OAUTHBEARER")
+
+
+def start_server(handler: Recorder | None = None, **kwargs: Any
+                 ) -> tuple[RecordingController, Recorder]:
+    handler = handler or Recorder()
     port = free_port()
     controller = RecordingController(handler, hostname="127.0.0.1", port=port,
                                      server_hostname="mx.example.org", **kwargs)

@@ -333,3 +333,16 @@ def test_an_outbox_from_before_manifests_is_replaced_a_look_alike_refused(
                  "--dry-run", "--outbox", str(fake), env=ENV)
     assert result.exit_code == 78
     assert (fake / "20240101-invoice.eml").read_text() == "keep"
+
+
+def test_the_shipped_env_example_loads_as_it_is(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cp .env.example .env` is the README's first step: every blank line in it is 'not
+    set', not an invalid value."""
+    from mailer.settings import load_settings
+
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.daily_limit is None and settings.oauth_provider is None
+    assert settings.tokens is None and settings.oauth_tenant == "organizations"

@@ -223,7 +223,8 @@ def test_every_command_is_a_library_call(tmp_path: Path, tpl: Path, smtp: Server
     controller, handler = smtp
     assert sorted(mailer.__all__) == sorted(
         ["ListOptions", "MailerError", "SendOptions", "Settings", "dry_run", "forget",
-         "load_settings", "purge", "read_inbox", "send", "status", "test_send", "validate"])
+         "load_settings", "login", "login_check", "logout", "purge", "read_inbox", "send",
+         "status", "test_send", "validate"])
     for name in mailer.__all__:
         assert callable(getattr(mailer, name))
     settings = mailer.Settings(templates_dir=tpl, sender="Digdir <invitasjon@example.org>",

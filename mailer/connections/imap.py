@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from ..errors import ConfigError, TemporaryError
 from ..models import Item
+from . import sasl
 from .config import MESSAGE_LIMIT, ImapConfig
 from .credentials import refuse_clear_text
 
@@ -54,21 +55,62 @@ def _open(config: ImapConfig) -> imaplib.IMAP4:
         raise TemporaryError(f"cannot reach IMAP server {where}: {_text(exc)}") from None
 
 
-def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
-    """(source name, messages) of the configured folder. The source name holds
-    UIDVALIDITY: when the server renumbers the folder, its messages are read anew (and
-    those already counted are recognised by the journal's answers replacing themselves)."""
+def _oauth(conn: imaplib.IMAP4, config: ImapConfig, fresh: bool) -> None:
+    """AUTHENTICATE XOAUTH2 (or OAUTHBEARER when only that is offered); a refused token
+    raises IMAP4.error with the reason from the server's error challenge."""
+    login = config.login
+    assert login.oauth is not None and login.username
+    offered = {c[5:].upper() for c in conn.capabilities if c.upper().startswith("AUTH=")}
+    mechanism = sasl.choose(offered)
+    if mechanism is None:
+        raise ConfigError(f"IMAP server {config.where} offers no OAuth login (AUTH="
+                          f"{', '.join(sorted(offered)) or 'nothing'}) and "
+                          f"{login.oauth.setting} is set")
+    token = login.oauth.token(fresh)
+    first = sasl.initial(mechanism, login.username, token, config.host, config.port)
+    said: list[str] = []
+
+    def answer(challenge: bytes) -> bytes:
+        if not said:
+            said.append("")
+            return first
+        said.append(sasl.reason(challenge))  # the error challenge: answered, then NO
+        return sasl.abort(mechanism)
+
+    try:
+        conn.authenticate(mechanism, answer)
+    except imaplib.IMAP4.error as exc:
+        why = next((w for w in said if w), "")
+        raise imaplib.IMAP4.error(f"{_text(exc)}" + (f" ({why})" if why else "")) from None
+    login.oauth.accepted = True
+
+
+def _log_in(conn: imaplib.IMAP4, config: ImapConfig) -> None:
+    """LOGIN with the password, or OAuth (a refused token once more with a fresh one)."""
+    login = config.login
+    if login.oauth is not None:
+        try:
+            _oauth(conn, config, fresh=False)
+        except imaplib.IMAP4.error:
+            _oauth(conn, config, fresh=True)
+        return
+    if login.username:
+        try:
+            conn.login(login.username, login.secret)
+        except UnicodeEncodeError:
+            raise ConfigError(f"IMAP login at {config.where} failed for user "
+                              f"{login.username!r}: the password is not ASCII, which "
+                              f"IMAP LOGIN cannot carry") from None
+
+
+def _examine(config: ImapConfig) -> tuple[imaplib.IMAP4, str, list[str]]:
+    """A connection logged in, the folder opened read-only: (connection, UIDVALIDITY,
+    the UIDs of its messages)."""
     refuse_clear_text("MAILER_IMAP_SECURITY", config.host, config.security, config.login)
     conn = _open(config)
     where, login = config.where, config.login
     try:
-        if login.username:
-            try:
-                conn.login(login.username, login.secret)
-            except UnicodeEncodeError:
-                raise ConfigError(f"IMAP login at {where} failed for user "
-                                  f"{login.username!r}: the password is not ASCII, which "
-                                  f"IMAP LOGIN cannot carry") from None
+        _log_in(conn, config)
         status, _ = conn.select(_quote(config.folder), readonly=True)  # EXAMINE
         if status != "OK":
             raise ConfigError(f"{where}: no folder {config.folder!r}")
@@ -79,15 +121,31 @@ def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
             conn.logout()
         raise ConfigError(f"IMAP login or folder at {where} failed for user "
                           f"{login.username!r}: {login.redact(_text(exc))}") from None
-    except ConfigError:
+    except (ConfigError, TemporaryError):
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             conn.logout()
         raise
     except OSError as exc:
         raise TemporaryError(f"IMAP server {where}: {exc}") from None
-    uids = found[0].split() if found and found[0] else []
-    source = (f"imap:{login.username or ''}@{config.host}/{config.folder}:"
-              f"{validity.decode() if isinstance(validity, bytes) else validity}")
+    uids = [u.decode() for u in found[0].split()] if found and found[0] else []
+    return conn, validity.decode() if isinstance(validity, bytes) else str(validity), uids
+
+
+def check(config: ImapConfig) -> int:
+    """Log in and open the folder read-only, fetching nothing: the messages in it."""
+    conn, _, uids = _examine(config)
+    with contextlib.suppress(OSError, imaplib.IMAP4.error):
+        conn.logout()
+    return len(uids)
+
+
+def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
+    """(source name, messages) of the configured folder. The source name holds
+    UIDVALIDITY: when the server renumbers the folder, its messages are read anew (and
+    those already counted are recognised by the journal's answers replacing themselves)."""
+    conn, validity, uids = _examine(config)
+    where, login = config.where, config.login
+    source = f"imap:{login.username or ''}@{config.host}/{config.folder}:{validity}"
 
     def fetch() -> Iterator[Item]:
         try:
@@ -95,7 +153,7 @@ def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
                 status, data = conn.uid("FETCH", uid, f"(BODY.PEEK[]<0.{MESSAGE_LIMIT}>)")
                 raw = next((part[1] for part in data if isinstance(part, tuple)), None)
                 if status == "OK" and isinstance(raw, bytes):
-                    yield Item(uid.decode(), raw, f"UID {uid.decode()}")
+                    yield Item(uid, raw, f"UID {uid}")
         except (OSError, imaplib.IMAP4.abort) as exc:
             raise TemporaryError(f"IMAP server {where}: {_text(exc)}") from None
         except imaplib.IMAP4.error as exc:

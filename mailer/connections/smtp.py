@@ -24,6 +24,7 @@ take long on a relay that delivers before it answers: it is awaited up to
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import ssl
@@ -32,8 +33,9 @@ from typing import NamedTuple, cast
 
 import aiosmtplib
 
-from ..errors import ConfigError, TemporaryError
+from ..errors import ConfigError, SignInLost, TemporaryError
 from ..models import Outgoing
+from . import sasl
 from .config import SmtpConfig
 
 QUIT_TIMEOUT = 5.0
@@ -308,6 +310,59 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+async def _oauth(smtp: aiosmtplib.SMTP, config: SmtpConfig, fresh: bool) -> None:
+    """AUTH XOAUTH2 (or OAUTHBEARER when the server offers only that) with a token from
+    the login's source. A refused token: SMTPAuthenticationError with the reason from the
+    server's error challenge, answered as the mechanism requires."""
+    login = config.login
+    assert login.oauth is not None and login.username
+    offered = {m.upper() for m in smtp.server_auth_methods}
+    mechanism = sasl.choose(offered)
+    if mechanism is None:
+        raise ConfigError(f"{config.where} offers no OAuth login (AUTH "
+                          f"{' '.join(sorted(offered)) or 'nothing'}) and "
+                          f"{login.oauth.setting} is set (nothing was sent)")
+    token = await asyncio.to_thread(login.oauth.token, fresh)
+    first = base64.b64encode(sasl.initial(mechanism, login.username, token, config.host,
+                                          config.port))
+    response = await smtp.execute_command(b"AUTH", mechanism.encode(), first)
+    why = ""
+    if response.code == 334:  # the error challenge
+        why = sasl.reason(response.message)
+        response = await smtp.execute_command(base64.b64encode(sasl.abort(mechanism)))
+    if response.code != 235:
+        raise aiosmtplib.SMTPAuthenticationError(
+            response.code, response.message + (f" ({why})" if why else ""))
+    login.oauth.accepted = True
+
+
+async def _log_in(smtp: aiosmtplib.SMTP, config: SmtpConfig) -> None:
+    """A password login, or OAuth: a refused token is tried once more with a fresh one;
+    refused again, it stops the run (78 at the start; 75 mid-run, when a token was
+    accepted before: the sign-in lapsed, a later run may get past it)."""
+    login = config.login
+    if login.oauth is None:
+        try:
+            await smtp.login(login.username or "", login.secret)
+        except UnicodeError:  # bytes that are not UTF-8 (from the environment)
+            raise ConfigError(f"MAILER_SMTP_PASSWORD for user {login.username!r} "
+                              f"is not UTF-8 text: set it again (it is not shown)") from None
+        return
+    earlier = login.oauth.accepted
+    try:
+        await _oauth(smtp, config, fresh=False)
+    except aiosmtplib.SMTPAuthenticationError:
+        try:
+            await _oauth(smtp, config, fresh=True)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            if earlier:
+                raise SignInLost(f"{config.where} refused a fresh OAuth token for "
+                                 f"{login.username!r} mid-run: {exc.code} "
+                                 f"{config.redact(exc.message)} (the run stopped; a later "
+                                 f"run goes on)") from None
+            raise
+
+
 async def connect(config: SmtpConfig) -> Connection:
     """Open, secure and authenticate one connection. Raise ConfigError for what settings
     must fix (TLS, AUTH) and TemporaryError for what a later run may get past."""
@@ -323,28 +378,29 @@ async def connect(config: SmtpConfig) -> Connection:
                     f"{config.where} does not offer STARTTLS and MAILER_SMTP_SECURITY is "
                     f"starttls: refusing to send in plain text (nothing was sent)")
             await smtp.starttls()
-        if config.login.username:
-            try:
-                await smtp.login(config.login.username, config.login.secret)
-            except UnicodeError:  # bytes that are not UTF-8 (from the environment)
-                raise ConfigError(f"MAILER_SMTP_PASSWORD for user {config.login.username!r} "
-                                  f"is not UTF-8 text: set it again (it is not shown)"
-                                  ) from None
+        if config.login.wanted:
+            if smtp.last_ehlo_response is None:
+                await smtp.ehlo()
+            await _log_in(smtp, config)
         if smtp.last_ehlo_response is None:
             await smtp.ehlo()
-    except ConfigError:
+    except (ConfigError, TemporaryError):
         smtp.close()
         raise
     except aiosmtplib.SMTPAuthenticationError as exc:
         smtp.close()
+        text = config.redact(" ".join(exc.message.split()))
+        what = sasl.hint(text)
         raise ConfigError(f"authentication failed at {config.where} for user "
-                          f"{config.login.username!r}: {exc.code} "
-                          f"{config.redact(exc.message)}") from None
+                          f"{config.login.username!r}: {exc.code} {text}"
+                          + (f": {what}" if what else "")) from None
     except aiosmtplib.SMTPResponseException as exc:
         smtp.close()
         if exc.code >= 500:
-            raise ConfigError(f"{config.where} refused the session: {exc.code} "
-                              f"{config.redact(exc.message)}") from None
+            text = config.redact(exc.message)
+            what = sasl.hint(text)
+            raise ConfigError(f"{config.where} refused the session: {exc.code} {text}"
+                              + (f": {what}" if what else "")) from None
         raise TemporaryError(f"{config.where} is not accepting mail now: {exc.code} "
                              f"{config.redact(exc.message)}") from None
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
