@@ -207,7 +207,14 @@ def main() -> None:
         merge = mailmerge()
         merge_args = mailmerge_files(work, listing, port)
         contenders: dict[str, list[Run]] = {"floor (aiosmtplib)": [], "smtp-source": [],
-                                             "mailmerge": [], "mailer send": []}
+                                             "mailmerge": [], "mailer send": [],
+                                             "mailer send +DKIM": []}
+        # DKIM signing (rsa-sha256, 2048 bits) when the queue finishes each message
+        subprocess.run(mailer_cmd("dkim-key", "--selector", "bench", "--out",
+                                  str(work / "bench.pem")), env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        signing = dict(env, MAILER_DKIM_KEY=str(work / "bench.pem"),
+                       MAILER_DKIM_SELECTOR="bench")
         for round_no in range(args.rounds):
             journal = work / f"journal-{round_no}.sqlite3"
             commands = {
@@ -220,9 +227,13 @@ def main() -> None:
                 "mailer send": mailer_cmd("send", str(listing), "--template", "bench",
                                           "--journal", str(journal), "--concurrency", "4",
                                           "--quiet"),
+                "mailer send +DKIM": mailer_cmd("send", str(listing), "--template", "bench",
+                                                "--journal", str(work / f"dkim-{round_no}.db"),
+                                                "--concurrency", "4", "--quiet"),
             }
             for name, cmd in commands.items():
-                contenders[name].append(measured(cmd, env, args.n))
+                contenders[name].append(measured(cmd, signing if "DKIM" in name else env,
+                                                 args.n))
             mine = contenders["mailer send"][-1].rate
             print(f"round {round_no + 1}: " + ", ".join(
                 f"{name.split()[0]} {runs[-1].rate:.0f}/s" for name, runs in contenders.items())
@@ -242,6 +253,11 @@ def main() -> None:
             print(f"mailer / {name}: {statistics.median(ratios):.2f} (median of the rounds; "
                   f"each: {', '.join(f'{r:.2f}' for r in ratios)})"
                   + (f" target {target}" if target else ""))
+
+        ratios = [d.rate / m.rate for d, m in zip(contenders["mailer send +DKIM"], mailer_runs,
+                                                  strict=True)]
+        print(f"mailer +DKIM / mailer: {statistics.median(ratios):.2f} (median of the rounds; "
+              f"each: {', '.join(f'{r:.2f}' for r in ratios)}) target >= 0.5")
 
         started = time.perf_counter()
         subprocess.run(mailer_cmd("--help"), env=env, check=True, stdout=subprocess.DEVNULL)

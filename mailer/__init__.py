@@ -19,15 +19,11 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ListOptions", "MailerError", "SendOptions", "Settings", "dry_run", "forget",
-           "load_settings", "login", "login_check", "logout", "purge", "read_inbox", "send",
-           "status", "test_send", "validate"]
-
-_WHERE = {"ListOptions": "commands", "dry_run": "commands", "forget": "commands",
-          "read_inbox": "commands", "purge": "commands", "send": "commands", "status": "commands",
-          "test_send": "commands", "validate": "commands", "login": "commands",
-          "login_check": "commands", "logout": "commands", "MailerError": "errors",
+_COMMANDS = ("ListOptions", "dkim_key", "doctor", "dry_run", "forget", "login", "login_check",
+             "logout", "purge", "read_inbox", "send", "status", "test_send", "validate")
+_WHERE = {**dict.fromkeys(_COMMANDS, "commands"), "MailerError": "errors",
           "SendOptions": "run", "Settings": "settings", "load_settings": "settings"}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

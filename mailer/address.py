@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 # RFC 5322 dot-atom: the local parts email-validator accepts without quoting.
@@ -45,6 +46,28 @@ class AddressError(ValueError):
 
 
 _domains: dict[str, tuple[str, str] | str] = {}
+_SPECIAL_USE = tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)  # arpa, invalid, local, ...
+_special = False  # MAILER_ALLOW_SPECIAL_DOMAINS
+
+
+def allow_special_domains(allow: bool) -> None:
+    """Accept addresses at special-use domains (.test, .local, .localhost, .invalid,
+    home.arpa: RFC 6761, 6762, 8375), for test set-ups and internal mail systems, or not
+    (the default). email-validator documents its list as the place to change this."""
+    global _special
+    if allow == _special:
+        return
+    _special = allow
+    email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = [] if allow else list(_SPECIAL_USE)
+    _domains.clear()
+
+
+def _reason(exc: EmailNotValidError) -> str:
+    text = str(exc)
+    if "special-use or reserved" in text:
+        text += " (MAILER_ALLOW_SPECIAL_DOMAINS=true accepts it, for test set-ups and " \
+                "internal mail systems)"
+    return text
 
 
 def _check_domain(domain: str) -> tuple[str, str]:
@@ -52,10 +75,11 @@ def _check_domain(domain: str) -> tuple[str, str]:
     cached = _domains.get(domain)
     if cached is None:
         try:
-            info = validate_email(f"a@{domain}", check_deliverability=False)
+            info = validate_email(f"a@{domain}", check_deliverability=False,
+                                  globally_deliverable=not _special)
             cached = (info.domain, info.ascii_domain)
         except EmailNotValidError as exc:
-            cached = str(exc)
+            cached = _reason(exc)
         if len(_domains) < _DOMAIN_CACHE_MAX:
             _domains[domain] = cached
     if isinstance(cached, str):
@@ -77,9 +101,10 @@ def check_address(text: str) -> Address:
         norm_domain, ascii_domain = _check_domain(domain)
         return Address(f"{local}@{norm_domain}", f"{local}@{ascii_domain}")
     try:
-        info = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+        info = validate_email(text, check_deliverability=False, allow_smtputf8=False,
+                              globally_deliverable=not _special)
     except EmailNotValidError as exc:
-        raise AddressError(str(exc)) from None
+        raise AddressError(_reason(exc)) from None
     return Address(info.normalized, info.ascii_email or info.normalized)
 
 

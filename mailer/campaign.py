@@ -129,6 +129,8 @@ class Campaign:
         self.id = campaign_id or default_campaign_id(template or "-", recipients)
         self.suppressed = load_suppressions(suppress)
         self.sender: Mailbox | None = settings.sender_mailbox if need_sender else None
+        # DKIM (MAILER_DKIM_KEY): a bad key is a settings error before anything is checked
+        self.signer = settings.signer(self.sender.domain) if self.sender is not None else None
         self.event: Event | None = None
         self.uid = ""
         self.keeps_calendars = False  # the template that holds event.toml (not a reminder)

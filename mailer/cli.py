@@ -445,6 +445,61 @@ def logout() -> None:
         click.echo(f"not signed in: no {settings.oauth_cache}")
 
 
+@cli.command()
+@click.option("--template", metavar="NAME", help="Also check this template (and its event).")
+@click.option("--list", "guest_list", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --template: render every guest's message (as validate does).")
+@click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Templates folder [MAILER_TEMPLATES_DIR].")
+@click.option("--round-trip", is_flag=True,
+              help="Send one test message to the organiser's own mailbox and read it back "
+                   "over IMAP (up to 2 minutes); the journal is not touched.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@handle_errors
+def doctor(template: str | None, guest_list: Path | None, templates_dir: Path | None,
+           round_trip: bool, fmt: str) -> None:
+    """Is this set-up ready to send? Relay, sign-in, inbox, DNS, template, journal."""
+    from . import commands
+    from .settings import load_settings
+
+    settings = load_settings(templates_dir=templates_dir)
+    say = (lambda check: click.echo(check.line())) if fmt == "text" else None
+    report = commands.doctor(template=template, guests=guest_list, round_trip=round_trip,
+                             say=say, settings=settings)
+    if fmt == "json":
+        click.echo(report.json())
+    else:
+        failed = sum(c.verdict == "failed" for c in report.checks)
+        warned = sum(c.verdict == "warning" for c in report.checks)
+        click.echo(f"doctor: {len(report.checks)} checks, {failed} failed, {warned} "
+                   f"warnings" + (": ready to send" if not failed else ""))
+    sys.exit(report.exit_code)
+
+
+@cli.command("dkim-key")
+@click.option("--selector", required=True,
+              help="The selector: the key is published at SELECTOR._domainkey.DOMAIN.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the private key [default: SELECTOR.private.pem]; never "
+                   "over an existing file.")
+@handle_errors
+def dkim_key(selector: str, out: Path | None) -> None:
+    """Make a DKIM key: write the private key (owner-only) and print the DNS record."""
+    import re
+
+    from . import commands
+    from .settings import load_settings
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", selector):
+        raise click.BadParameter("letters, digits, '.', '_' and '-'", param_hint="--selector")
+    path, record = commands.dkim_key(selector, out, settings=load_settings())
+    click.echo(f"wrote the private key to {path} (owner-only): set MAILER_DKIM_KEY={path} "
+               f"and MAILER_DKIM_SELECTOR={selector}")
+    click.echo("publish this TXT record in DNS, then check it with mailer doctor:")
+    click.echo(record)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # ends in handle_errors: "interrupted", exit 75
 

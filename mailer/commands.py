@@ -24,6 +24,8 @@ from .settings import Settings, load_settings
 if TYPE_CHECKING:
     from .calendar import Event
     from .campaign import Campaign, CheckReport
+    from .diagnose import Check
+    from .diagnose import Report as DoctorReport
     from .inbox import Tally
     from .outbox import Outbox
     from .report import Reporter
@@ -273,3 +275,30 @@ def logout(*, settings: Settings | None = None) -> bool:
     from .oauth import logout as forget_sign_in
 
     return forget_sign_in(settings or load_settings())
+
+
+def dkim_key(selector: str, out: Path | None = None, *,
+             settings: Settings | None = None) -> tuple[Path, str]:
+    """Write a new DKIM private key (owner-only; default ``SELECTOR.private.pem`` here,
+    never over an existing file): (its path, the DNS TXT record to publish, as a zone
+    file line)."""
+    from .dkim import dns_record, new_key, zone_line
+
+    settings = settings or load_settings()
+    path = out or Path(f"{selector}.private.pem")
+    key = new_key(path)
+    domain = settings.dkim_domain or (settings.sender_mailbox.domain if settings.sender
+                                      else None)
+    return path, zone_line(selector, domain, dns_record(key))
+
+
+def doctor(*, template: str | None = None, guests: Path | None = None,
+           round_trip: bool = False, say: Callable[[Check], None] | None = None,
+           settings: Settings | None = None) -> DoctorReport:
+    """Check a set-up before a send: settings, relay, inbox, DNS, template, journal, and
+    with ``round_trip`` one message through the relay and back (``diagnose.run``)."""
+    from .diagnose import run as checkup
+
+    settings = settings or load_settings()
+    return checkup(settings, template=template, guests=guests, round_trip=round_trip,
+                      say=say)

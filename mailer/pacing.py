@@ -37,16 +37,22 @@ PRESETS = {
 }
 
 
-def preset_for(provider: str | None, host: str) -> Preset | None:
-    """The relay's preset: MAILER_SMTP_PROVIDER, else inferred from the host (none for
-    ``none`` or a host we do not know)."""
+def provider_of(provider: str | None, host: str) -> str | None:
+    """MAILER_SMTP_PROVIDER, else the provider the relay's host names (None: none, or a
+    host we do not know)."""
     if provider is None:
         host = host.lower().rstrip(".")
         if host == "smtp.office365.com" or host.endswith(".mail.protection.outlook.com"):
             provider = "microsoft365"
         elif host in ("smtp.gmail.com", "smtp-relay.gmail.com"):
             provider = "google-workspace"
-    return PRESETS.get(provider or "none")
+    return provider if provider in PRESETS else None
+
+
+def preset_for(provider: str | None, host: str) -> Preset | None:
+    """The relay's preset (see ``provider_of``)."""
+    found = provider_of(provider, host)
+    return None if found is None else PRESETS[found]
 
 
 def since(now: datetime) -> str:

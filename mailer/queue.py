@@ -28,11 +28,14 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import TemporaryError
 from .message import fresh_date, wire_form
 from .models import Decision, Kind, Mark, Outgoing, Recipient, Rendered, State
+
+if TYPE_CHECKING:
+    from .dkim import Signer
 
 MAX_BYTES = 1 << 30  # messages kept whole up to 1 GiB (nor past half the free space)
 LARGEST = 1 << 20  # a message over 1 MB (attachments) is kept as its recipe
@@ -46,9 +49,62 @@ _MESSAGE, _RECIPE = "m", "r"
 Build = Callable[[Recipient, Kind, int | None], Outgoing]
 
 
-def finish(message: Outgoing) -> Outgoing:
-    """Complete a message as it leaves: a fresh Date, then the wire form."""
+AHEAD = 8  # messages finished ahead of delivery when signing (a Date at most this early)
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def ahead(items: Iterator[Outgoing], depth: int) -> Iterator[Outgoing]:
+    """``items``, made by a thread of their own at most ``depth`` ahead of the reader; an
+    error in the thread is raised in the reader; the thread stops when the reader does."""
+    import queue
+    import threading
+
+    box: queue.Queue[Outgoing | _Failed | None] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Outgoing | _Failed | None) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the reader, which raises it
+            put(_Failed(exc))
+
+    thread = threading.Thread(target=work, name="mailer-finish", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is None:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def finish(message: Outgoing, signer: Signer | None = None) -> Outgoing:
+    """Complete a message as it leaves: a fresh Date, the DKIM signature (with a
+    ``signer``), then the wire form."""
     message.data = fresh_date(message.data)
+    if signer is not None:
+        message.data = signer.sign(message.data)
     message.wire = wire_form(message.data)
     return message
 
@@ -170,18 +226,21 @@ class Queue:
         for record in self.records():
             yield record[1], record[2], record[3], record[0], record[4]
 
-    def messages(self, build: Build) -> Iterator[Outgoing]:
+    def messages(self, build: Build, signer: Signer | None = None) -> Iterator[Outgoing]:
         """Every message, in list order, finished as it is taken (a recipe built again
-        by ``build`` first)."""
-        for message, _ in self.entries(build):
-            yield message
+        by ``build`` first). With a DKIM ``signer`` they are finished by a thread of their
+        own, a few ahead: OpenSSL's RSA lets go of the GIL, so the signatures are made on
+        the other core while the event loop delivers."""
+        found = (message for message, _ in self.entries(build, signer))
+        return found if signer is None else ahead(found, AHEAD)
 
-    def entries(self, build: Build) -> Iterator[tuple[Outgoing, str]]:
+    def entries(self, build: Build, signer: Signer | None = None
+                ) -> Iterator[tuple[Outgoing, str]]:
         """Every message, finished, with the text the preview page finds it by."""
         for record in self.records():
             if len(record) > 5:
                 message, search = self._message(record, build)
-                yield finish(message), search
+                yield finish(message, signer), search
 
     def _message(self, record: Record, build: Build) -> tuple[Outgoing, str]:
         line, key, email, name, _, tag, prior = record[:7]

@@ -168,7 +168,8 @@ def dry_run(campaign: Campaign, outbox: Path, reporter: Reporter,
         with Outbox(outbox, title, campaign.attachments, sender=sender,
                     reply_to=campaign.settings.reply_to or "",
                     event=_event_view(campaign), images=_images(campaign)) as box:
-            for message, search in queue.entries(_builder(campaign, keep_rendered=True)):
+            for message, search in queue.entries(_builder(campaign, keep_rendered=True),
+                                                 campaign.signer):
                 box.write(message, search)
                 box.kinds[message.kind] = box.kinds.get(message.kind, 0) + 1
     return box
@@ -369,7 +370,7 @@ def send(campaign: Campaign, journal_path: Path, options: SendOptions,
             if closes is not None:  # the window's end, on the monotonic clock
                 pool.deadline = time.monotonic() + (closes - datetime.now(UTC)).total_seconds()
             reporter.start(min(queue.due, options.max_messages or queue.due))
-            messages = _with_archive(queue.messages(_builder(campaign)),
+            messages = _with_archive(queue.messages(_builder(campaign), campaign.signer),
                                      check_address(archive).ascii if archive else None)
             try:
                 result.stats = _deliver(pool, messages, reporter)
@@ -476,7 +477,7 @@ def test_send(campaign: Campaign, to: list[str], recipient_email: str | None,
 
     # Not through the queue: a message it keeps as a recipe would be built again for the
     # guest, not the test address. Finished the same way.
-    messages = [finish(campaign.build(guest, to=box)) for box in boxes]
+    messages = [finish(campaign.build(guest, to=box), campaign.signer) for box in boxes]
     pool = _pool(campaign, NullRecorder(), options, reporter.outcome)
     reporter.start(len(boxes))
     try:

@@ -6,7 +6,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .address import AddressError, Mailbox, check_address, mailbox_setting, parse_mailbox
@@ -16,6 +23,7 @@ from .ratelimit import parse_rate
 if TYPE_CHECKING:
     from .connections.config import ImapConfig, SmtpConfig
     from .connections.credentials import Login, TokenSource
+    from .dkim import Signer
     from .pacing import Preset, Window
 
 
@@ -82,6 +90,23 @@ class Settings(BaseSettings):
     oauth_authority: str | None = None  # the provider's base address (national clouds)
     _tokens: TokenSource | None = PrivateAttr(None)
     language: str = Field("nb", pattern=r"^[a-z]{2,3}$")
+    allow_special_domains: bool = False  # .test, .local, .localhost, .invalid, home.arpa
+    # DKIM signing, for relays that do not sign
+    dkim_key: Path | None = None  # a PEM private key, owner-only
+    dkim_selector: str | None = Field(None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")
+    dkim_domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    dns_nameserver: str | None = None  # one nameserver to ask (address or address:port)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _special_domains(cls, data: Any) -> Any:
+        """Before any address setting is checked: whether special-use domains count."""
+        if isinstance(data, dict):
+            from .address import allow_special_domains
+
+            value = str(data.get("allow_special_domains", "")).strip().lower()
+            allow_special_domains(value in ("1", "true", "yes", "on"))
+        return data
 
     @field_validator("timezone")
     @classmethod
@@ -118,7 +143,8 @@ class Settings(BaseSettings):
                      "rate_limit", "unsubscribe_mailto", "imap_host", "imap_username",
                      "archive_bcc", "inbox_trusted_authserv", "rsvp_mailto",
                      "oauth_token_command", "oauth_client_id", "oauth_authority",
-                     "daily_limit", "send_window", mode="before")
+                     "daily_limit", "send_window", "dkim_key", "dkim_selector",
+                     "dkim_domain", "dns_nameserver", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -222,6 +248,15 @@ class Settings(BaseSettings):
         if self.rsvp_secret is not None:
             return self.rsvp_secret.get_secret_value().encode("utf-8")
         return journal_secret
+
+    def signer(self, sender_domain: str) -> Signer | None:
+        """The DKIM signer (MAILER_DKIM_KEY), or None; the domain defaults to the From's."""
+        if self.dkim_key is None:
+            return None
+        from .dkim import Signer
+
+        return Signer.load(self.dkim_key, self.dkim_selector,
+                           self.dkim_domain or sender_domain)
 
     # The connections' configurations ------------------------------------------------
 

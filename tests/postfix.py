@@ -29,7 +29,7 @@ myhostname = mx.example.net
 mydomain = example.net
 myorigin = example.net
 mydestination =
-relay_domains = example.org
+relay_domains = {relay_domains}
 default_transport = discard:test
 relay_transport = discard:test
 local_transport = discard:test
@@ -40,6 +40,21 @@ maillog_file_prefixes = {root}
 alias_maps =
 alias_database =
 biff = no
+{delivery}"""
+
+# With ``deliver_to``: mail for one address of example.org is delivered by Postfix's own
+# virtual(8) into a Maildir (a Dovecot's), with an Authentication-Results header as the
+# organiser's mail server would write it (prepended by smtpd for the loopback client).
+DELIVERY = """\
+virtual_mailbox_domains = example.org
+virtual_mailbox_base = {base}
+virtual_mailbox_maps = inline:{{ {address}={path} }}
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+virtual_transport = virtual
+smtpd_data_restrictions = check_client_access inline:{{ {{ 127.0.0.1 = PREPEND \
+  Authentication-Results: mx.example.org; spf=pass smtp.mailfrom=example.org; \
+  dkim=pass header.d=example.org; dmarc=pass header.from=example.org }} }}
 """
 
 MASTER_CF = """\
@@ -59,6 +74,7 @@ postlog   unix-dgram n - n - 1 postlogd
 error     unix  - - n - - error
 retry     unix  - - n - - error
 showq     unix  n - n - - showq
+virtual   unix  - n n - - virtual
 """
 
 
@@ -69,7 +85,8 @@ def available() -> bool:
 class Postfix:
     """``with Postfix() as mx:`` smtpd on ``mx.port``; ``mx.log()`` is its log so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, deliver_to: tuple[str, Path, str] | None = None) -> None:
+        self.deliver_to = deliver_to  # (address, Maildir base, path under it)
         # The daemons run as the postfix user: the folder must be reachable by it, so not
         # under pytest's owner-only temporary folders.
         self.root = Path(tempfile.mkdtemp(prefix="mailer-postfix-"))
@@ -77,7 +94,13 @@ class Postfix:
         self.port = free_port()
 
     def __enter__(self) -> Postfix:
-        (self.root / "main.cf").write_text(MAIN_CF.format(root=self.root))
+        delivery, relay_domains = "", "example.org"
+        if self.deliver_to is not None:
+            address, base, path = self.deliver_to
+            delivery = DELIVERY.format(base=base, address=address, path=path)
+            relay_domains = ""
+        (self.root / "main.cf").write_text(MAIN_CF.format(root=self.root, delivery=delivery,
+                                                          relay_domains=relay_domains))
         (self.root / "master.cf").write_text(MASTER_CF.format(port=self.port))
         (self.root / "queue").mkdir()
         (self.root / "data").mkdir()

@@ -346,3 +346,17 @@ def test_the_shipped_env_example_loads_as_it_is(tmp_path: Path,
     settings = load_settings()
     assert settings.daily_limit is None and settings.oauth_provider is None
     assert settings.tokens is None and settings.oauth_tenant == "organizations"
+
+
+def test_special_use_domains_only_when_allowed(tmp_path: Path) -> None:
+    listing = write(tmp_path / "l.csv", "navn;e-post\nA;a@lab.test\nB;b@printer.local\n"
+                                        "C;c@nas.home.arpa\n")
+    refused = run("validate", str(listing), env={})
+    assert refused.exit_code == 65
+    assert "special-use or reserved name" in refused.output
+    assert "MAILER_ALLOW_SPECIAL_DOMAINS=true accepts it" in refused.output
+    allowed = run("validate", str(listing), env={"MAILER_ALLOW_SPECIAL_DOMAINS": "true"})
+    assert allowed.exit_code == 0, allowed.output
+    assert "3 recipients, 0 errors" in allowed.output
+    again = run("validate", str(listing), env={})  # the next run without it refuses again
+    assert again.exit_code == 65

@@ -222,9 +222,9 @@ def test_the_list_edited_during_a_run_changes_nothing_in_it(
 def test_every_command_is_a_library_call(tmp_path: Path, tpl: Path, smtp: Server) -> None:
     controller, handler = smtp
     assert sorted(mailer.__all__) == sorted(
-        ["ListOptions", "MailerError", "SendOptions", "Settings", "dry_run", "forget",
-         "load_settings", "login", "login_check", "logout", "purge", "read_inbox", "send",
-         "status", "test_send", "validate"])
+        ["ListOptions", "MailerError", "SendOptions", "Settings", "dkim_key", "doctor",
+         "dry_run", "forget", "load_settings", "login", "login_check", "logout", "purge",
+         "read_inbox", "send", "status", "test_send", "validate"])
     for name in mailer.__all__:
         assert callable(getattr(mailer, name))
     settings = mailer.Settings(templates_dir=tpl, sender="Digdir <invitasjon@example.org>",

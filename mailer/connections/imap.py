@@ -164,3 +164,21 @@ def items(config: ImapConfig) -> tuple[str, Iterator[Item]]:
                 conn.logout()
 
     return source, fetch()
+
+
+def find(config: ImapConfig, message_id: str) -> bytes | None:
+    """The header of the message with this Message-ID in the folder (read-only), or None
+    when it is not there (yet)."""
+    conn, _, _ = _examine(config)
+    try:
+        status, found = conn.uid("SEARCH", "HEADER", "Message-ID", _quote(message_id))
+        uids = found[0].split() if status == "OK" and found and found[0] else []
+        if not uids:
+            return None
+        status, data = conn.uid("FETCH", uids[-1].decode(), "(BODY.PEEK[HEADER])")
+        return next((part[1] for part in data if isinstance(part, tuple)), None)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise TemporaryError(f"IMAP server {config.where}: {_text(exc)}") from None
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            conn.logout()
