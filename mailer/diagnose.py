@@ -321,7 +321,7 @@ def resolver(nameserver: str | None) -> dns.resolver.Resolver:
                               "address:port") from None
         found.nameservers = [host]
         found.port = port
-    found.lifetime = 8.0
+    found.lifetime = 5.0
     return found
 
 

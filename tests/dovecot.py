@@ -33,6 +33,7 @@ ssl_cert = <{root}/cert.pem
 ssl_key = <{root}/key.pem
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
+auth_failure_delay = 0
 auth_mechanisms = plain login{oauth_mechanisms}
 {oauth_passdb}passdb {{
   driver = passwd-file
