@@ -337,3 +337,18 @@ def test_an_oauth_login_is_checked_too(tmp_path: Path, dns: Nameserver) -> None:
     assert lines(wrong.output)["relay: login"] == "failed" and wrong.exit_code == 78
     assert "invalid_token" in wrong.output and "tok-wrong-5ecret" not in wrong.output
     assert not handler.messages
+
+
+def test_a_message_over_the_relays_size_is_a_warning(tmp_path: Path, ca: trustme.CA,
+                                                     dns: Nameserver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, _, ca_file = relay(ca, tmp_path, data_size_limit=10_000)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    try:
+        result = run("doctor", "--template", "invitasjon", "--list",
+                     str(ROOT / "recipients" / "eksempel.csv"),
+                     env=env_for(controller, dns, MAILER_TEMPLATES_DIR=str(ROOT / "templates")))
+    finally:
+        controller.stop()
+    assert lines(result.output).get("relay: SIZE") == "warning", result.output
+    assert "the relay takes 10,000" in result.output and result.exit_code == 0
