@@ -466,6 +466,7 @@ class Tally:
     guests: set[tuple[str, str]] = field(default_factory=set)  # (event, guest) answering
     late: int = 0  # answers after the event's deadline
     rsvp_key: bytes = b""  # the key of the answer links' tokens
+    events: list[str] | None = None  # the journal's event UIDs, read once a run
 
     def summary(self, source: str) -> str:
         n_answers = sum(self.answers.values())
@@ -639,7 +640,9 @@ def _link(journal: Journal, finding: Finding, link: LinkAnswer, tally: Tally, wo
         key = check_address(link.guest).key
     except AddressError:
         key = ""
-    uid = next((u for u in journal.event_uids()
+    if tally.events is None:
+        tally.events = journal.event_uids()
+    uid = next((u for u in tally.events
                 if key and verifies(tally.rsvp_key, u, key, link.answer, link.mac)), None)
     if uid is None:
         refuse("forged answer link", f"{what}: its token does not verify (edited, or made "

@@ -334,19 +334,15 @@ class SenderPool:
             reply, archive = await conn.send(message)
         except Refused as exc:
             code, text = exc.reply.code, redact(" ".join(exc.reply.text.split()))
-            if exc.stage == "MAIL" and exc.permanent:
-                # The relay refuses the sender: true of every guest, so no guest's fault.
+            if exc.permanent and (exc.stage == "MAIL" or send_as_denied(code, text)):
+                # The relay refuses the sender (at MAIL FROM, or as Microsoft 365 does at
+                # the end of the message: 554 5.2.252 SendAsDenied): true of every guest,
+                # so no guest's fault.
+                what = hint(text)
                 self._not_the_guests(message, ConfigError(
                     f"{self.config.where} refused the sender <{message.envelope_from}>: "
-                    f"{code} {text} (the run stopped; no recipient changed state)"))
-                return
-            if exc.permanent and send_as_denied(code, text):
-                # Microsoft 365 refuses the sender only at the end of the message
-                # (554 5.2.252 SendAsDenied): the settings' problem, as at MAIL FROM.
-                self._not_the_guests(message, ConfigError(
-                    f"{self.config.where} refused the sender <{message.envelope_from}>: "
-                    f"{code} {text}: {hint(text)} (the run stopped; no recipient changed "
-                    f"state)"))
+                    f"{code} {text}{': ' + what if what else ''} (the run stopped; no "
+                    f"recipient changed state)"))
                 return
             if exc.permanent and quota_used_up(code, text):
                 # The mailbox's own daily quota (Microsoft 365's SubmissionQuotaExceeded,
