@@ -120,7 +120,12 @@ class Dovecot:
                            stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=60)
         wait_until(lambda: listening(self.imaps) and listening(self.imap),
               "IMAP to listen")
-        self.master = int((self.root / "run" / "master.pid").read_text())
+        # Under load the master writes its pid file after its listeners answer: wait
+        # for the file (and its contents), not only for the ports.
+        pid = self.root / "run" / "master.pid"
+        wait_until(lambda: pid.exists() and pid.read_text().strip().isdigit(),
+                   "the master's pid file")
+        self.master = int(pid.read_text())
         return self
 
     def __exit__(self, *exc: object) -> None:
